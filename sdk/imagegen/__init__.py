@@ -1,0 +1,1 @@
+"""imagegen: typed Python SDK for the imagegen gRPC image generation gateway."""

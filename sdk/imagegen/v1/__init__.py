@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for imagegen.v1 (do not edit)."""
