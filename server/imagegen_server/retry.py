@@ -1,0 +1,447 @@
+"""The one retry loop every RPC goes through (unary and streaming alike).
+
+:func:`call_with_retries` runs an upstream attempt until it succeeds or the
+policy says stop. It decides on the :class:`~imagegen_server.gemini.errors.ErrorKind`
+of each :class:`~imagegen_server.gemini.errors.UpstreamError`:
+
+================================  ==========================================
+kind                              retried?
+================================  ==========================================
+RATE_LIMITED                      yes, after ``retry_after`` when upstream sent
+                                  one (not at all if a quota violation is
+                                  per-day)
+UNAVAILABLE, DEADLINE_EXCEEDED    yes, with full-jitter exponential backoff
+MALFORMED, NO_IMAGE               once (at most two attempts end in that kind)
+everything else                   never (argument, precondition, signature,
+                                  content, not found, auth, per-day quota)
+================================  ==========================================
+
+Every retry also needs an attempt left, an upstream delay no longer than
+``max_upstream_delay``, time before the caller's deadline for the wait plus a
+minimal attempt, and a token in the shared :class:`RetryBudget`. When any of
+these is missing the loop raises :class:`RetryFailure` at once, carrying the
+delay a later retry would need so the gRPC layer can put it in ``RetryInfo``.
+
+Time and randomness are injected (:class:`Clock`, :class:`random.Random`) so
+tests run without real sleeping and reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Generic, Protocol, TypeVar, assert_never
+
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+
+__all__ = [
+    "MONOTONIC_CLOCK",
+    "Clock",
+    "MonotonicClock",
+    "RetryBudget",
+    "RetryClassification",
+    "RetryDecision",
+    "RetryFailure",
+    "RetryObserver",
+    "RetryOutcome",
+    "RetryPolicy",
+    "call_with_retries",
+    "classify",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Stop reasons (RetryDecision.reason / RetryFailure.stop_reason). Plain strings so
+# they can go straight into logs, stream events and ErrorInfo metadata.
+RETRYABLE: Final = "retryable"
+NOT_RETRYABLE: Final = "not_retryable"
+ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
+DEADLINE: Final = "deadline"
+BUDGET_EXHAUSTED: Final = "budget_exhausted"
+UPSTREAM_DELAY_TOO_LONG: Final = "upstream_delay_too_long"
+RETRIED_ONCE_ALREADY: Final = "retried_once_already"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry one request.
+
+    Full jitter: the wait before retry ``n`` (after attempt ``n`` failed) is
+    ``uniform(0, min(max_backoff, initial_backoff * backoff_multiplier ** (n - 1)))``,
+    unless upstream asked for a specific delay, which is honoured exactly.
+    """
+
+    #: Attempts in total, including the first.
+    max_attempts: int = 3
+    #: Ceiling of the first computed wait, in seconds.
+    initial_backoff: float = 1.0
+    #: Growth of the ceiling per attempt.
+    backoff_multiplier: float = 2.0
+    #: Cap on one computed (jittered) wait, in seconds.
+    max_backoff: float = 20.0
+    #: Longest upstream-requested delay (RetryInfo / Retry-After) we wait for;
+    #: a longer one fails the request at once, carrying the delay to the caller.
+    max_upstream_delay: float = 60.0
+    #: Timeout of one attempt, in seconds; ``None`` for none (the deadline still clips it).
+    attempt_timeout: float | None = 120.0
+    #: Least time an attempt needs to be worth starting: a retry whose wait would
+    #: leave less than this before the deadline is not made. Also absorbs the
+    #: few milliseconds a real sleep may overshoot.
+    min_attempt_time: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.max_upstream_delay < 0:
+            raise ValueError("backoffs and max_upstream_delay must be >= 0")
+        if self.backoff_multiplier < 1:
+            raise ValueError(f"backoff_multiplier must be >= 1, got {self.backoff_multiplier}")
+        if self.attempt_timeout is not None and self.attempt_timeout <= 0:
+            raise ValueError(f"attempt_timeout must be > 0 or None, got {self.attempt_timeout}")
+        if self.min_attempt_time < 0:
+            raise ValueError(f"min_attempt_time must be >= 0, got {self.min_attempt_time}")
+
+    def backoff_ceiling(self, attempt: int) -> float:
+        """The upper bound of the jittered wait after failed attempt ``attempt`` (1-based)."""
+        try:
+            growth = self.initial_backoff * self.backoff_multiplier ** (attempt - 1)
+        except OverflowError:
+            # Huge attempt numbers: the cap applies anyway.
+            growth = math.inf
+        return min(self.max_backoff, growth)
+
+
+class RetryBudget:
+    """A token bucket shared by all requests, after gRPC's ``retryThrottling``.
+
+    Starts full. A failed attempt of a retryable kind takes one token, a
+    success gives back ``token_ratio``; retries are allowed only while more
+    than half the bucket is left. So during an outage most requests get a
+    single attempt instead of ``max_attempts``, and upstream load is not
+    multiplied. As in gRPC, failures that would not be retried (a blocked
+    prompt, a bad argument) neither take nor give tokens: they say nothing
+    about upstream health.
+
+    Meant to be shared within one event loop; it does no locking.
+    """
+
+    __slots__ = ("_max_tokens", "_token_ratio", "_tokens")
+
+    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        if token_ratio <= 0:
+            raise ValueError(f"token_ratio must be > 0, got {token_ratio}")
+        self._max_tokens = float(max_tokens)
+        self._token_ratio = float(token_ratio)
+        self._tokens = float(max_tokens)
+
+    @property
+    def tokens(self) -> float:
+        """Tokens left (for metrics and tests)."""
+        return self._tokens
+
+    @property
+    def max_tokens(self) -> float:
+        """Size of the bucket."""
+        return self._max_tokens
+
+    def allow_retry(self) -> bool:
+        """Whether a retry may be made now."""
+        return self._tokens > self._max_tokens / 2
+
+    def record_failure(self) -> None:
+        """Take a token for a failed attempt of a retryable kind."""
+        self._tokens = max(0.0, self._tokens - 1.0)
+
+    def record_success(self) -> None:
+        """Give back ``token_ratio`` tokens for a successful attempt."""
+        self._tokens = min(self._max_tokens, self._tokens + self._token_ratio)
+
+    def __repr__(self) -> str:
+        return f"RetryBudget(tokens={self._tokens:g}/{self._max_tokens:g}, ratio={self._token_ratio:g})"
+
+
+class Clock(Protocol):
+    """Where the retry loop reads the time and waits; tests inject a fake."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic timeline (deadlines are on the same one)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; must stay cancellable."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MonotonicClock:
+    """The real clock: :func:`time.monotonic` and :func:`asyncio.sleep`."""
+
+    def now(self) -> float:
+        """Seconds from :func:`time.monotonic`."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """:func:`asyncio.sleep` (cancellation propagates)."""
+        await asyncio.sleep(seconds)
+
+
+#: The clock used unless one is injected.
+MONOTONIC_CLOCK: Final[Clock] = MonotonicClock()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """What the loop decided after one failed attempt."""
+
+    #: True when another attempt follows after ``delay`` seconds.
+    will_retry: bool
+    #: Seconds until the next attempt; when stopping, the delay a retry would have
+    #: needed (0.0 when none is known or none would help).
+    delay: float
+    #: ``"retryable"`` when retrying, else why not: ``"not_retryable"``,
+    #: ``"retried_once_already"``, ``"attempts_exhausted"``, ``"upstream_delay_too_long"``,
+    #: ``"deadline"`` or ``"budget_exhausted"``.
+    reason: str
+
+
+class RetryObserver(Protocol):
+    """Receives every step of the loop, e.g. to forward it on a stream.
+
+    Calls happen before any waiting, so a ``will_retry`` decision reaches the
+    caller when the wait starts, not when it ends.
+    """
+
+    def attempt_started(self, attempt: int, max_attempts: int) -> None:
+        """Attempt ``attempt`` (1-based) of at most ``max_attempts`` is about to start."""
+        ...
+
+    def attempt_failed(self, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
+        """Attempt ``attempt`` failed with ``error``; ``decision`` says what happens next."""
+        ...
+
+
+class RetryFailure(Exception):
+    """The loop gave up; ``error`` is the last attempt's failure.
+
+    ``retry_delay`` is the delay the caller should wait before trying again
+    (for ``google.rpc.RetryInfo``), when one is known: the wait the loop did
+    not make because of the deadline, the budget or the cap on upstream
+    delays, or upstream's own delay when attempts ran out. ``None`` when
+    retrying would not help or no delay is known.
+    """
+
+    def __init__(self, error: UpstreamError, *, attempts: int, retry_delay: float | None, stop_reason: str) -> None:
+        super().__init__(f"gave up after {attempts} attempt(s) ({stop_reason}): {error.kind.name}: {error.message}")
+        self.error = error
+        self.attempts = attempts
+        self.retry_delay = retry_delay
+        self.stop_reason = stop_reason
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome(Generic[T]):
+    """A successful result and how many attempts it took."""
+
+    value: T
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryClassification:
+    """Whether an error kind may be retried, and how many times at most."""
+
+    retryable: bool
+    #: Most retries after failures of this kind; ``None`` for "as the policy allows".
+    max_retries: int | None = None
+
+
+_RETRY = RetryClassification(retryable=True)
+_RETRY_ONCE = RetryClassification(retryable=True, max_retries=1)
+_NEVER = RetryClassification(retryable=False, max_retries=0)
+
+
+def classify(error: UpstreamError) -> RetryClassification:
+    """Whether ``error`` may be retried and how often (see the module's table)."""
+    match error.kind:
+        case ErrorKind.RATE_LIMITED:
+            # A per-day quota resets hours from now: a retry within this request
+            # cannot succeed. Normally the client already says QUOTA_EXHAUSTED;
+            # checking the violations too keeps a misclassified 429 from looping.
+            if any(v.per_day for v in error.quota_violations):
+                return _NEVER
+            return _RETRY
+        case ErrorKind.UNAVAILABLE | ErrorKind.DEADLINE_EXCEEDED:
+            return _RETRY
+        case ErrorKind.MALFORMED | ErrorKind.NO_IMAGE:
+            # Often a one-off (a truncated body, a model that answered in text);
+            # a second identical failure means the request itself provokes it.
+            return _RETRY_ONCE
+        case (
+            ErrorKind.INVALID_ARGUMENT
+            | ErrorKind.FAILED_PRECONDITION
+            | ErrorKind.MISSING_THOUGHT_SIGNATURE
+            | ErrorKind.CONTENT_BLOCKED
+            | ErrorKind.NOT_FOUND
+            | ErrorKind.AUTH
+            | ErrorKind.QUOTA_EXHAUSTED
+        ):
+            # The same request gets the same answer: retrying only adds load.
+            return _NEVER
+        case _:
+            # mypy --strict fails here if a new ErrorKind is not placed above.
+            assert_never(error.kind)
+
+
+def _stop(reason: str, retry_delay: float | None) -> tuple[RetryDecision, float | None]:
+    return RetryDecision(will_retry=False, delay=retry_delay or 0.0, reason=reason), retry_delay
+
+
+def _decide(
+    error: UpstreamError,
+    *,
+    attempt: int,
+    failures_of_kind: int,
+    policy: RetryPolicy,
+    budget: RetryBudget | None,
+    deadline: float | None,
+    now: float,
+    rng: random.Random,
+) -> tuple[RetryDecision, float | None]:
+    """The decision after failed attempt ``attempt`` and, when stopping, the caller's retry delay.
+
+    Checks run from "retrying cannot help" to "retrying could help, later", so
+    the reason reported is the most fundamental one.
+    """
+    classification = classify(error)
+    if not classification.retryable:
+        return _stop(NOT_RETRYABLE, None)
+    # Count the failure before asking the budget, as gRPC does: the attempt that
+    # drains the bucket below half is itself not retried.
+    if budget is not None:
+        budget.record_failure()
+    if classification.max_retries is not None and failures_of_kind > classification.max_retries:
+        return _stop(RETRIED_ONCE_ALREADY, None)
+    upstream_delay = None if error.retry_after is None else max(0.0, error.retry_after)
+    if attempt >= policy.max_attempts:
+        # Only upstream's own delay is worth passing on; a jittered guess is not.
+        return _stop(ATTEMPTS_EXHAUSTED, upstream_delay)
+    if upstream_delay is not None:
+        if upstream_delay > policy.max_upstream_delay:
+            return _stop(UPSTREAM_DELAY_TOO_LONG, upstream_delay)
+        wait = upstream_delay
+    else:
+        wait = rng.uniform(0.0, policy.backoff_ceiling(attempt))
+    if deadline is not None and now + wait + policy.min_attempt_time > deadline:
+        # Sleeping would only burn the caller's remaining time; fail now and let
+        # them decide, telling them how long we would have waited.
+        return _stop(DEADLINE, wait)
+    if budget is not None and not budget.allow_retry():
+        return _stop(BUDGET_EXHAUSTED, wait)
+    return RetryDecision(will_retry=True, delay=wait, reason=RETRYABLE), None
+
+
+async def call_with_retries(
+    attempt: Callable[[float | None], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    budget: RetryBudget | None = None,
+    deadline: float | None = None,
+    observer: RetryObserver | None = None,
+    clock: Clock = MONOTONIC_CLOCK,
+    rng: random.Random | None = None,
+) -> RetryOutcome[T]:
+    """Run ``attempt`` until it succeeds or the policy says stop.
+
+    ``attempt(timeout)`` gets the per-attempt timeout: ``policy.attempt_timeout``
+    clipped to the time left before ``deadline`` (absolute, on ``clock``'s
+    timeline); ``None`` only when both are unset. It raises
+    :class:`UpstreamError` on failure. Any other exception, notably
+    :class:`asyncio.CancelledError`, propagates unchanged and is never retried;
+    a cancellation during the wait propagates too.
+
+    Returns the value and the number of attempts made. Raises
+    :class:`RetryFailure` when giving up, with ``attempts=0`` and a synthetic
+    DEADLINE_EXCEEDED error if the deadline had passed before the first attempt.
+    """
+    if rng is None:
+        rng = random.Random()
+    failures_by_kind: dict[ErrorKind, int] = {}
+    last_error: UpstreamError | None = None
+    number = 0
+    while True:
+        number += 1
+        timeout = policy.attempt_timeout
+        if deadline is not None:
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                # Reached only before the first attempt, or when a real sleep
+                # overshot the min_attempt_time margin: no time for an attempt.
+                expired = last_error or UpstreamError(
+                    ErrorKind.DEADLINE_EXCEEDED, "the caller's deadline passed before the first attempt"
+                )
+                raise RetryFailure(expired, attempts=number - 1, retry_delay=None, stop_reason=DEADLINE)
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        if observer is not None:
+            observer.attempt_started(number, policy.max_attempts)
+        try:
+            value = await attempt(timeout)
+        except UpstreamError as error:
+            last_error = error
+            failures_by_kind[error.kind] = failures_by_kind.get(error.kind, 0) + 1
+            decision, retry_delay = _decide(
+                error,
+                attempt=number,
+                failures_of_kind=failures_by_kind[error.kind],
+                policy=policy,
+                budget=budget,
+                deadline=deadline,
+                now=clock.now(),
+                rng=rng,
+            )
+            _log(number, policy.max_attempts, error, decision)
+            # Report before sleeping so a stream can say "retrying in 4.0 s" now.
+            if observer is not None:
+                observer.attempt_failed(number, error, decision)
+            if not decision.will_retry:
+                raise RetryFailure(
+                    error, attempts=number, retry_delay=retry_delay, stop_reason=decision.reason
+                ) from error
+            await clock.sleep(decision.delay)
+            continue
+        if budget is not None:
+            budget.record_success()
+        if number > 1:
+            logger.info("upstream attempt %d/%d succeeded", number, policy.max_attempts)
+        return RetryOutcome(value=value, attempts=number)
+
+
+def _log(attempt: int, max_attempts: int, error: UpstreamError, decision: RetryDecision) -> None:
+    """One concise line per decision; the error message is left to the final status."""
+    status = f" http={error.http_status}" if error.http_status is not None else ""
+    if decision.will_retry:
+        logger.info(
+            "upstream attempt %d/%d failed: %s%s; retrying in %.2fs",
+            attempt,
+            max_attempts,
+            error.kind.name,
+            status,
+            decision.delay,
+        )
+    else:
+        logger.info(
+            "upstream attempt %d/%d failed: %s%s; giving up (%s)",
+            attempt,
+            max_attempts,
+            error.kind.name,
+            status,
+            decision.reason,
+        )
