@@ -1,0 +1,149 @@
+"""Server configuration: one frozen dataclass, filled from flags and environment.
+
+Precedence: command-line flag, then ``IMAGEGEN_*`` environment variable, then
+the default. The API key is read only from the environment
+(``GEMINI_API_KEY``, else ``GOOGLE_API_KEY``) so it never shows in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+from imagegen_server.models import DEFAULT_MODEL, MODELS
+
+GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
+
+#: The seed's constraint text, sent as Gemini's systemInstruction when enabled.
+DEFAULT_CONSTRAINT = """STRICT RULES:
+- CREATE ORIGINAL ART - Do NOT use screenshots or existing images.
+- TEXT RENDERING - Render ALL text EXACTLY as written.
+- QUANTITIES - If prompt says "3 items" render EXACTLY 3.
+- NO ADDITIONS - Do NOT add elements not mentioned.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server needs to start. ``ServerConfig(port=0)`` is a
+    loopback server on a free port with the embedded emulator."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: Gemini's base URL; None means Google's, or the embedded emulator when
+    #: there is no API key either.
+    upstream_url: str | None = None
+    api_version: str = "v1beta"
+    api_key: str | None = field(default=None, repr=False)
+    default_model: str = DEFAULT_MODEL
+    allowed_models: tuple[str, ...] = tuple(m.name for m in MODELS)
+    #: Send the seed's STRICT RULES text as a system instruction.
+    strict_constraints: bool = True
+    max_attempts: int = 3
+    initial_backoff: float = 1.0
+    max_backoff: float = 20.0
+    max_upstream_delay: float = 60.0
+    attempt_timeout: float = 120.0
+    #: Retry budget (token bucket shared by all requests).
+    retry_budget_tokens: float = 10.0
+    retry_budget_ratio: float = 0.1
+    #: Concurrent upstream calls; beyond it, requests queue for up to
+    #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
+    max_concurrency: int = 16
+    queue_timeout: float = 5.0
+    #: How long a finished result is kept for a repeated request id, and how
+    #: many are kept at most.
+    idempotency_ttl: float = 600.0
+    idempotency_max_entries: int = 256
+    #: Seconds between stream heartbeats while waiting.
+    heartbeat_interval: float = 5.0
+    #: Grace period for in-flight calls on shutdown.
+    shutdown_grace: float = 10.0
+    #: gRPC message size limit (both directions); images are megabytes.
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Limits for validation.
+    max_prompt_chars: int = 10_000
+    max_input_image_bytes: int = 20 * 1024 * 1024
+    max_history_turns: int = 64
+
+    @property
+    def uses_embedded_emulator(self) -> bool:
+        """True when the server must start its own emulator (no key, no URL)."""
+        return self.api_key is None and self.upstream_url is None
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+        """Build a config from command-line arguments and the environment."""
+        env = os.environ if env is None else env
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "api_key":
+                continue
+            flag_value = getattr(args, f.name, None)
+            env_value = env.get(f"IMAGEGEN_{f.name.upper()}")
+            if flag_value is not None:
+                values[f.name] = flag_value
+            elif env_value is not None:
+                values[f.name] = _coerce(f.name, env_value)
+        values["api_key"] = env.get("GEMINI_API_KEY") or env.get("GOOGLE_API_KEY") or None
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _coerce(name: str, raw: str) -> object:
+    default = getattr(ServerConfig(), name)
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``imagegen serve`` argument parser (every flag also reads IMAGEGEN_<NAME>)."""
+    p = argparse.ArgumentParser(
+        prog="imagegen serve",
+        description="Run the imagegen gRPC server. With no GEMINI_API_KEY and no --upstream-url "
+        "it starts an embedded Gemini emulator on loopback.",
+    )
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind, 0 for a free one (default 50051)")
+    p.add_argument("--upstream-url", dest="upstream_url", help=f"Gemini base URL (default {GOOGLE_BASE_URL})")
+    p.add_argument("--api-version", dest="api_version", choices=["v1", "v1beta"], help="Gemini API version")
+    p.add_argument("--model", dest="default_model", help=f"default model (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--allowed-models",
+        dest="allowed_models",
+        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        help="comma-separated allow-list of models",
+    )
+    p.add_argument(
+        "--strict-constraints",
+        dest="strict_constraints",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send the STRICT RULES system instruction (default on)",
+    )
+    p.add_argument("--max-attempts", dest="max_attempts", type=int, help="upstream attempts per request")
+    p.add_argument("--initial-backoff", dest="initial_backoff", type=float, help="first backoff, seconds")
+    p.add_argument("--max-backoff", dest="max_backoff", type=float, help="cap on one backoff, seconds")
+    p.add_argument(
+        "--max-upstream-delay",
+        dest="max_upstream_delay",
+        type=float,
+        help="cap on an honoured RetryInfo delay",
+    )
+    p.add_argument("--attempt-timeout", dest="attempt_timeout", type=float, help="per-attempt timeout, seconds")
+    p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
+    p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")
+    p.add_argument("--idempotency-ttl", dest="idempotency_ttl", type=float, help="request-id result TTL, seconds")
+    p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, help="stream heartbeat, seconds")
+    p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
+    return p

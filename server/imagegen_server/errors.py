@@ -1,0 +1,241 @@
+"""Every way a request can end badly, as a gRPC status with ``google.rpc`` details.
+
+One mapping from upstream error kinds to (status code, ErrorInfo reason), used
+for the final status and for streaming ``AttemptFailed`` events alike. Details
+travel in the standard ``grpc-status-details-bin`` trailer (grpcio-status), so
+clients in any language can read them. See the README's error table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+
+#: The ErrorInfo domain of every error this service emits.
+DOMAIN = "imagegen.dev"
+
+#: Upstream error kind -> (gRPC code, ErrorInfo reason).
+_KIND_STATUS: Mapping[ErrorKind, tuple[grpc.StatusCode, str]] = {
+    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_ARGUMENT"),
+    ErrorKind.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_FAILED_PRECONDITION"),
+    ErrorKind.MISSING_THOUGHT_SIGNATURE: (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_THOUGHT_SIGNATURE"),
+    ErrorKind.CONTENT_BLOCKED: (grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_BLOCKED"),
+    ErrorKind.NO_IMAGE: (grpc.StatusCode.FAILED_PRECONDITION, "NO_IMAGE"),
+    ErrorKind.RATE_LIMITED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
+    ErrorKind.QUOTA_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_QUOTA_EXHAUSTED"),
+    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
+    ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
+    ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, "UPSTREAM_AUTH"),
+    ErrorKind.MALFORMED: (grpc.StatusCode.INTERNAL, "UPSTREAM_MALFORMED"),
+}
+
+
+def upstream_status(error: UpstreamError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and ErrorInfo reason an upstream failure maps to."""
+    return _KIND_STATUS[error.kind]
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration from float seconds."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(max(seconds, 0.0) * 1e9))
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad request field, named by its proto path (``history[2].parts[0].image.data``)."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """A final RPC failure carrying the full ``google.rpc.Status`` to send."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code."""
+        return _CODE_BY_VALUE[self.status.code]
+
+    def to_grpc_status(self) -> grpc.Status:
+        """The status for ``context.abort_with_status``."""
+        return rpc_status.to_status(self.status)
+
+    def error_info(self) -> error_details_pb2.ErrorInfo:
+        """The one ErrorInfo among the details."""
+        info = error_details_pb2.ErrorInfo()
+        for detail in self.status.details:
+            if detail.Unpack(info):
+                return info
+        raise LookupError("status has no ErrorInfo")  # pragma: no cover - build() always adds one
+
+
+_CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def build(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    retry_delay: float | None = None,
+    field_violations: Iterable[FieldViolation] = (),
+    quota_violations: Iterable[error_details_pb2.QuotaFailure.Violation] = (),
+    resource: error_details_pb2.ResourceInfo | None = None,
+) -> ServiceError:
+    """Assemble a status with exactly one ErrorInfo and the optional details."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    for key, value in (metadata or {}).items():
+        if value:
+            info.metadata[key] = value
+    status.details.add().Pack(info)
+    if retry_delay is not None:
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration(retry_delay)))
+    violations = list(field_violations)
+    if violations:
+        bad = error_details_pb2.BadRequest()
+        for v in violations:
+            bad.field_violations.add(field=v.field, description=v.description)
+        status.details.add().Pack(bad)
+    quota = list(quota_violations)
+    if quota:
+        status.details.add().Pack(error_details_pb2.QuotaFailure(violations=quota))
+    if resource is not None:
+        status.details.add().Pack(resource)
+    return ServiceError(status)
+
+
+def invalid_request(violations: Iterable[FieldViolation], metadata: Mapping[str, str] | None = None) -> ServiceError:
+    """INVALID_ARGUMENT for our own validation, one BadRequest violation per field."""
+    violations = list(violations)
+    names = ", ".join(v.field for v in violations)
+    first = violations[0].description if violations else "invalid request"
+    message = f"invalid request: {names}: {first}" if len(violations) == 1 else f"invalid request fields: {names}"
+    return build(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_REQUEST", metadata, field_violations=violations)
+
+
+def from_upstream(
+    error: UpstreamError,
+    *,
+    attempts: int,
+    retry_delay: float | None,
+    metadata: Mapping[str, str],
+    history_offset: int = 0,
+) -> ServiceError:
+    """The final status for an upstream failure after the retry loop gave up.
+
+    ``history_offset`` maps Gemini's content positions back to our request's
+    ``history`` indices (a missing signature names a history part).
+    """
+    code, reason = upstream_status(error)
+    meta = dict(metadata)
+    meta["attempts"] = str(attempts)
+    violations: list[FieldViolation] = []
+    quota: list[error_details_pb2.QuotaFailure.Violation] = []
+    resource: error_details_pb2.ResourceInfo | None = None
+    message = error.message
+    delay = retry_delay if retry_delay is not None else error.retry_after
+
+    match error.kind:
+        case ErrorKind.CONTENT_BLOCKED:
+            meta["blockReason"] = error.block_reason
+            meta["blockSide"] = error.block_side
+            meta["finishReason"] = error.finish_reason
+            message = f"{error.block_side or 'content'} blocked by upstream safety filters ({error.block_reason})"
+            delay = None
+        case ErrorKind.NO_IMAGE:
+            meta["finishReason"] = error.finish_reason
+            meta["modelText"] = error.model_text[:1000]
+            delay = None
+        case ErrorKind.MISSING_THOUGHT_SIGNATURE:
+            if error.signature_content_index is not None:
+                turn = error.signature_content_index - history_offset
+                part = error.signature_part_index or 0
+                violations.append(
+                    FieldViolation(
+                        f"history[{turn}].parts[{part}].thought_signature",
+                        "model part is missing the thought signature it was returned with",
+                    )
+                )
+            delay = None
+        case ErrorKind.INVALID_ARGUMENT | ErrorKind.FAILED_PRECONDITION:
+            violations.extend(FieldViolation(v.field, v.description) for v in error.field_violations)
+            delay = None
+        case ErrorKind.RATE_LIMITED | ErrorKind.QUOTA_EXHAUSTED:
+            for v in error.quota_violations:
+                quota.append(
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=v.quota_id or v.quota_metric, description=v.description or v.quota_metric
+                    )
+                )
+            if error.kind is ErrorKind.QUOTA_EXHAUSTED:
+                delay = None
+        case ErrorKind.NOT_FOUND:
+            meta["model"] = error.model
+            resource = error_details_pb2.ResourceInfo(
+                resource_type="model", resource_name=error.model, description=error.message
+            )
+            delay = None
+        case ErrorKind.AUTH:
+            # The operator's key is at fault, not the caller: say so without the key.
+            message = "the server's upstream credentials were rejected; contact the operator"
+            delay = None
+        case ErrorKind.MALFORMED:
+            delay = None
+        case _:
+            pass
+    if error.http_status is not None:
+        meta["httpStatus"] = str(error.http_status)
+    if error.upstream_status:
+        meta["upstreamStatus"] = error.upstream_status
+    return build(
+        code,
+        message,
+        reason,
+        meta,
+        retry_delay=delay,
+        field_violations=violations,
+        quota_violations=quota,
+        resource=resource,
+    )
+
+
+def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED: our own concurrency limit is full."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "server is at its concurrency limit; retry later",
+        "OVERLOADED",
+        metadata,
+        retry_delay=retry_delay,
+    )
+
+
+def shutting_down(metadata: Mapping[str, str] | None = None) -> ServiceError:
+    """UNAVAILABLE: the server is draining; another replica (or a restart) can serve it."""
+    return build(grpc.StatusCode.UNAVAILABLE, "server is shutting down", "SHUTTING_DOWN", metadata)
+
+
+def deadline_exceeded(metadata: Mapping[str, str]) -> ServiceError:
+    """DEADLINE_EXCEEDED: the caller's deadline ran out."""
+    return build(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", "DEADLINE_EXCEEDED", metadata)
+
+
+def internal(metadata: Mapping[str, str]) -> ServiceError:
+    """INTERNAL for anything unexpected: a generic message, details only in the server log."""
+    return build(grpc.StatusCode.INTERNAL, "internal server error", "INTERNAL", metadata)
