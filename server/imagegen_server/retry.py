@@ -239,8 +239,16 @@ class RetryFailure(Exception):
     retrying would not help or no delay is known.
     """
 
-    def __init__(self, error: UpstreamError, *, attempts: int, retry_delay: float | None, stop_reason: str) -> None:
-        super().__init__(f"gave up after {attempts} attempt(s) ({stop_reason}): {error.kind.name}: {error.message}")
+    def __init__(
+        self,
+        error: UpstreamError,
+        *,
+        attempts: int,
+        retry_delay: float | None,
+        stop_reason: str,
+    ) -> None:
+        kind = error.kind.name
+        super().__init__(f"gave up after {attempts} attempt(s) ({stop_reason}): {kind}: {error.message}")
         self.error = error
         self.attempts = attempts
         self.retry_delay = retry_delay
@@ -340,9 +348,10 @@ def _decide(
         wait = upstream_delay
     else:
         wait = rng.uniform(0.0, policy.backoff_ceiling(attempt))
-    if deadline is not None and now + wait + policy.min_attempt_time > deadline:
+    if deadline is not None and now + wait + policy.min_attempt_time >= deadline:
         # Sleeping would only burn the caller's remaining time; fail now and let
-        # them decide, telling them how long we would have waited.
+        # them decide, telling them how long we would have waited. (>=: the next
+        # attempt needs some time left even when min_attempt_time is 0.)
         return _stop(DEADLINE, wait)
     if budget is not None and not budget.allow_retry():
         return _stop(BUDGET_EXHAUSTED, wait)
