@@ -1,0 +1,333 @@
+"""The upstream Gemini REST client (aiohttp).
+
+One :class:`GeminiClient` owns one ``aiohttp.ClientSession`` for the life of
+the process. :meth:`GeminiClient.generate` makes one HTTP call and returns an
+:class:`~imagegen_server.gemini.types.UpstreamResult` or raises exactly one
+:class:`~imagegen_server.gemini.errors.UpstreamError`; retrying is the retry
+loop's job, not this module's. JSON building and classification live in
+:mod:`imagegen_server.gemini.wire`, SSE framing in
+:mod:`imagegen_server.gemini.sse`.
+
+The API key travels only in the ``x-goog-api-key`` header. It is never put in
+a URL, a log record or an exception message, and upstream text quoted in
+messages is scrubbed of it in case a proxy echoes it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Final, TypeVar
+
+import aiohttp
+
+from imagegen_server.gemini import wire
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+from imagegen_server.gemini.sse import SSEError, SSEParser
+from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
+
+__all__ = ["DraftCallback", "GeminiClient"]
+
+logger = logging.getLogger(__name__)
+
+#: Called with each ``thought: true`` draft image as it arrives on a stream.
+DraftCallback = Callable[[InlineImage], None]
+
+#: JSON bodies and SSE events larger than this are parsed in a worker thread:
+#: a 4K image is ~30 MB of JSON, and json.loads plus base64 decoding of that
+#: would stall every other request on the event loop for tens of milliseconds.
+_THREAD_THRESHOLD: Final = 512 * 1024
+
+#: Keys shorter than this are test placeholders; scrubbing them would mangle
+#: ordinary words in messages ("test" in "latest").
+_MIN_SCRUB_LEN: Final = 8
+
+_USER_AGENT: Final = f"imagegen-server aiohttp/{aiohttp.__version__}"
+
+_T = TypeVar("_T")
+
+
+class GeminiClient:
+    """Calls Gemini's ``generateContent`` / ``streamGenerateContent`` over one shared session.
+
+    ``base_url`` is the API root (``https://generativelanguage.googleapis.com``
+    or an emulator's ``http://127.0.0.1:PORT``); ``api_version`` is ``v1beta``
+    or ``v1``. ``connect_timeout`` bounds opening a connection;
+    ``read_timeout`` (None: unbounded) bounds each wait for bytes from the
+    socket, first byte included. The ``timeout`` of :meth:`generate` bounds the
+    whole call, body included.
+
+    Use as ``async with GeminiClient(...) as client:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        api_version: str = "v1beta",
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+        # Fail on a bad version now, not on the first request.
+        wire.build_url(base_url, api_version, "probe", stream=False)
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self._api_version = api_version.strip("/")
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "unset"
+        return f"GeminiClient(base_url={self._base_url!r}, api_version={self._api_version!r}, api_key={key})"
+
+    @property
+    def base_url(self) -> str:
+        """The API root requests go to."""
+        return self._base_url
+
+    @property
+    def api_version(self) -> str:
+        """``v1beta`` or ``v1``."""
+        return self._api_version
+
+    async def __aenter__(self) -> GeminiClient:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session; calls in flight fail as UNAVAILABLE. Idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise UpstreamError(ErrorKind.UNAVAILABLE, "the Gemini client is closed")
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,  # the per-call timeout is applied around the whole call
+                connect=self._connect_timeout,
+                sock_connect=self._connect_timeout,
+                sock_read=self._read_timeout,
+            )
+            # No pool limit: the server caps concurrency itself, and a pool
+            # queue would count against the connect timeout, turning a busy
+            # gateway into spurious DEADLINE_EXCEEDED errors.
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=connector,
+                raise_for_status=False,
+                headers={"User-Agent": _USER_AGENT},
+            )
+        return self._session
+
+    async def generate(
+        self,
+        request: UpstreamRequest,
+        *,
+        timeout: float | None = None,
+        on_draft: DraftCallback | None = None,
+    ) -> UpstreamResult:
+        """Make one upstream call for ``request``.
+
+        Without ``on_draft`` this is a unary ``generateContent``. With it, the
+        call uses ``streamGenerateContent?alt=sse`` and ``on_draft`` is called
+        (on the event loop) with each ``thought: true`` image as it arrives;
+        the result is assembled from all chunks and is the same as the unary
+        call's. Exceptions raised by ``on_draft`` propagate unchanged.
+
+        ``timeout`` bounds the whole call, reading the body included, and
+        expires as DEADLINE_EXCEEDED. Every other failure raises one
+        :class:`UpstreamError`; ``asyncio.CancelledError`` propagates and the
+        HTTP request is aborted at once.
+        """
+        stream = on_draft is not None
+        url = wire.build_url(self._base_url, self._api_version, request.model, stream=stream)
+        body = await self._in_thread_if(
+            sum(len(p.image.data) for c in request.contents for p in c.parts if p.image) > _THREAD_THRESHOLD,
+            wire.encode_request,
+            request,
+        )
+        started = time.monotonic()
+        logger.debug(
+            "POST %s (model=%s, stream=%s, %d request bytes, timeout=%s)",
+            url,
+            request.model,
+            stream,
+            len(body),
+            timeout,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self._exchange(url, body, request, on_draft)
+        except _DraftCallbackError as exc:
+            raise exc.original from None
+        except TimeoutError:
+            limit = f" of {timeout:g}s" if timeout is not None else ""
+            error = UpstreamError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"Gemini did not answer in full within the call timeout{limit}",
+                model=request.model,
+            )
+        except UpstreamError as exc:
+            error = exc
+        else:
+            logger.debug(
+                "Gemini returned a %s %dx%d image in %.2fs (finishReason=%s, %d drafts)",
+                result.image.mime_type,
+                result.width,
+                result.height,
+                time.monotonic() - started,
+                result.finish_reason,
+                len(result.drafts),
+            )
+            return result
+        error = self._scrub(error)
+        logger.debug(
+            "Gemini call failed after %.2fs: %s: %s",
+            time.monotonic() - started,
+            error.kind.name,
+            error.message,
+        )
+        # Chained aiohttp exceptions could carry request details; the message
+        # already names the cause, so the chain is cut.
+        raise error from None
+
+    async def _exchange(
+        self,
+        url: str,
+        body: bytes,
+        request: UpstreamRequest,
+        on_draft: DraftCallback | None,
+    ) -> UpstreamResult:
+        session = self._ensure_session()
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if on_draft is not None else "application/json",
+        }
+        if self._api_key:
+            headers["x-goog-api-key"] = self._api_key
+        model = request.model
+        try:
+            # ``async with`` is what aborts the request on cancellation: leaving
+            # the block with an unread body closes the connection rather than
+            # returning it to the pool.
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                logger.debug("Gemini answered HTTP %d (%s)", resp.status, resp.content_type)
+                if on_draft is not None and 200 <= resp.status < 300:
+                    return await self._read_stream(resp, model, on_draft)
+                raw = await resp.read()
+                status, reason, resp_headers = resp.status, resp.reason or "", resp.headers
+        except aiohttp.ServerTimeoutError as exc:
+            raise UpstreamError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"timed out waiting for Gemini ({type(exc).__name__}: {exc})",
+                model=model,
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(
+                ErrorKind.UNAVAILABLE,
+                f"Gemini's answer was cut short ({type(exc).__name__}: {exc})",
+                model=model,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            # ClientConnectorError (refused, DNS), ServerDisconnectedError,
+            # ClientOSError (reset) and friends: the next attempt may well work.
+            raise UpstreamError(
+                ErrorKind.UNAVAILABLE,
+                f"cannot talk to Gemini at {self._base_url} ({type(exc).__name__}: {exc})",
+                model=model,
+            ) from None
+        if not 200 <= status < 300:
+            raise wire.classify_http_error(status, raw, _plain(resp_headers), model=model, reason_phrase=reason)
+        return await self._in_thread_if(len(raw) > _THREAD_THRESHOLD, wire.parse_response, raw, model=model)
+
+    async def _read_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        model: str,
+        on_draft: DraftCallback,
+    ) -> UpstreamResult:
+        parser = SSEParser()
+        acc = wire.ResponseAccumulator(model=model, streaming=True)
+        try:
+            async for chunk in resp.content.iter_any():
+                for payload in parser.feed(chunk):
+                    await self._stream_event(acc, payload, on_draft)
+            for payload in parser.close():
+                await self._stream_event(acc, payload, on_draft)
+        except SSEError as exc:
+            raise UpstreamError(ErrorKind.MALFORMED, f"malformed Gemini stream: {exc}", model=model) from None
+        logger.debug("Gemini stream ended after %d events", acc.chunks)
+        return acc.result()
+
+    async def _stream_event(self, acc: wire.ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
+        drafts = await self._in_thread_if(len(payload) > _THREAD_THRESHOLD, acc.add_json, payload)
+        for draft in drafts:
+            logger.debug("Gemini draft image: %s, %d bytes", draft.mime_type, len(draft.data))
+            try:
+                on_draft(draft)
+            except Exception as exc:
+                # Carried past the transport handlers so that, say, an OSError
+                # from the callback is not mistaken for a network failure.
+                raise _DraftCallbackError(exc) from exc
+
+    @staticmethod
+    async def _in_thread_if(condition: bool, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> _T:
+        if condition:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    def _scrub(self, error: UpstreamError) -> UpstreamError:
+        """Remove our API key from anything upstream text could have put it in."""
+        key = self._api_key
+        if not key or len(key) < _MIN_SCRUB_LEN:
+            return error
+        if key in error.message:
+            error.message = error.message.replace(key, "[REDACTED]")
+            error.args = (error.message,)
+        if key in error.model_text:
+            error.model_text = error.model_text.replace(key, "[REDACTED]")
+        if any(key in v.description or key in v.field for v in error.field_violations):
+            error.field_violations = tuple(
+                dataclasses.replace(
+                    v,
+                    field=v.field.replace(key, "[REDACTED]"),
+                    description=v.description.replace(key, "[REDACTED]"),
+                )
+                for v in error.field_violations
+            )
+        return error
+
+
+class _DraftCallbackError(Exception):
+    """Wraps an exception from ``on_draft`` on its way out of the HTTP block."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+def _plain(headers: Mapping[str, str]) -> dict[str, str]:
+    # Only the header the classifier reads, under a fixed spelling.
+    retry_after = headers.get("Retry-After")
+    return {"Retry-After": retry_after} if retry_after is not None else {}

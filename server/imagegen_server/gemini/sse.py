@@ -1,0 +1,162 @@
+"""Incremental parser for Gemini's ``streamGenerateContent?alt=sse`` bodies.
+
+Gemini sends one ``data: <JSON>`` line per event followed by a blank line, with
+no ``event:`` field and no ``[DONE]`` sentinel. The parser follows the
+google-genai SDK so that anything the SDK reads, we read too:
+
+* the ``data:`` prefix is stripped (with one optional space, as the SSE spec says);
+* consecutive ``data:`` lines are joined with ``\\n`` and a blank line ends the event;
+* ``\\n`` and ``\\r\\n`` line endings are both accepted;
+* lines that are not SSE fields are collected into a brace-balanced raw JSON
+  buffer, which is how an error body written line by line arrives.
+
+It only splits bytes into JSON texts; decoding and classifying them is the
+caller's job. No I/O.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEError", "SSEParser"]
+
+#: Upper bound on one event. A 4K PNG is ~30 MB of base64; this leaves room for
+#: a few while still stopping a runaway stream from eating all memory.
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024 * 1024
+
+_IGNORED_FIELDS = ("event:", "id:", "retry:")
+
+
+class SSEError(ValueError):
+    """The byte stream cannot be split into events (bad UTF-8, oversized, cut-off JSON)."""
+
+
+class SSEParser:
+    """Feed bytes in, get complete JSON payload strings out.
+
+    >>> p = SSEParser()
+    >>> p.feed(b'data: {"a": 1}\\r\\n\\r\\ndata: {"b"')
+    ['{"a": 1}']
+    >>> p.feed(b": 2}\\n\\n")
+    ['{"b": 2}']
+    >>> p.close()
+    []
+    """
+
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._buf = bytearray()
+        # Where to resume the newline search, so a 30 MB line arriving in 64 KB
+        # pieces is scanned once, not once per piece.
+        self._scan_from = 0
+        self._data: list[str] = []
+        self._data_size = 0
+        self._raw: list[str] = []
+        self._raw_size = 0
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Consume ``chunk`` and return the payloads it completed, in order."""
+        out: list[str] = []
+        self._buf += chunk
+        while True:
+            newline = self._buf.find(b"\n", self._scan_from)
+            if newline < 0:
+                self._scan_from = len(self._buf)
+                if len(self._buf) > self._max:
+                    raise SSEError(f"SSE line longer than {self._max} bytes")
+                return out
+            raw_line = bytes(self._buf[:newline])
+            # bytearray deletes from the front in O(1) amortised.
+            del self._buf[: newline + 1]
+            self._scan_from = 0
+            self._line(self._decode(raw_line.removesuffix(b"\r")), out)
+
+    def close(self) -> list[str]:
+        """Flush at end of stream: a final event needs no trailing blank line.
+
+        Raises :class:`SSEError` if a raw JSON body was cut off mid-object.
+        """
+        out: list[str] = []
+        if self._buf:
+            tail = bytes(self._buf)
+            self._buf.clear()
+            self._scan_from = 0
+            self._line(self._decode(tail.removesuffix(b"\r")), out)
+        self._flush_data(out)
+        if self._raw:
+            raise SSEError("stream ended inside a JSON body (unbalanced braces)")
+        return out
+
+    @staticmethod
+    def _decode(line: bytes) -> str:
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SSEError(f"SSE line is not UTF-8: {exc.reason}") from None
+
+    def _line(self, line: str, out: list[str]) -> None:
+        if self._raw:
+            # Inside a raw JSON body every line belongs to it, even a blank one
+            # or one that happens to start with "data:".
+            self._raw_line(line, out)
+            return
+        if line == "":
+            self._flush_data(out)
+            return
+        if line.startswith("data:"):
+            value = line[5:]
+            value = value.removeprefix(" ")
+            self._data_size += len(value)
+            if self._data_size > self._max:
+                raise SSEError(f"SSE event larger than {self._max} bytes")
+            self._data.append(value)
+            return
+        if line.startswith(":") or line.startswith(_IGNORED_FIELDS):
+            return
+        if line.strip() == "":
+            return
+        # A raw line starts a brace-balanced body; one without braces (stray
+        # text such as a proxy's error page) is handed on as is, so the caller
+        # can report it as malformed rather than it being silently dropped.
+        self._flush_data(out)
+        self._raw_line(line, out)
+
+    def _raw_line(self, line: str, out: list[str]) -> None:
+        self._raw.append(line)
+        self._raw_size += len(line)
+        if self._raw_size > self._max:
+            raise SSEError(f"raw JSON body larger than {self._max} bytes")
+        self._track_braces(line)
+        if self._depth <= 0:
+            out.append("\n".join(self._raw))
+            self._raw.clear()
+            self._raw_size = 0
+            self._depth = 0
+            self._in_string = False
+            self._escaped = False
+
+    def _track_braces(self, line: str) -> None:
+        # Braces inside JSON strings (e.g. a message quoting "{x}") must not count.
+        depth, in_string, escaped = self._depth, self._in_string, self._escaped
+        for ch in line:
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch in "{[":
+                depth += 1
+            elif ch in "}]":
+                depth -= 1
+        self._depth, self._in_string, self._escaped = depth, in_string, escaped
+
+    def _flush_data(self, out: list[str]) -> None:
+        if self._data:
+            out.append("\n".join(self._data))
+            self._data.clear()
+            self._data_size = 0
