@@ -1,0 +1,47 @@
+"""Read google.rpc details off a real gRPC error, as any client would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class Details:
+    """The parts of a status tests assert on."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_delay: float | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    quota_subjects: list[str] = field(default_factory=list)
+    error_infos: int = 0
+
+
+def details_of(err: grpc.aio.AioRpcError) -> Details:
+    """Decode ``grpc-status-details-bin`` from a caught AioRpcError."""
+    out = Details(code=err.code(), message=err.details() or "")
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return out
+    for any_ in status.details:
+        info = error_details_pb2.ErrorInfo()
+        retry = error_details_pb2.RetryInfo()
+        bad = error_details_pb2.BadRequest()
+        quota = error_details_pb2.QuotaFailure()
+        if any_.Unpack(info):
+            out.error_infos += 1
+            out.reason, out.domain, out.metadata = info.reason, info.domain, dict(info.metadata)
+        elif any_.Unpack(retry):
+            out.retry_delay = retry.retry_delay.ToNanoseconds() / 1e9
+        elif any_.Unpack(bad):
+            out.fields = {v.field: v.description for v in bad.field_violations}
+        elif any_.Unpack(quota):
+            out.quota_subjects = [v.subject for v in quota.violations]
+    return out
