@@ -1,0 +1,351 @@
+/**
+ * ImagegenClient: a thin typed wrapper over the generated
+ * `imagegen.v1.ImageGenerationService` client, speaking gRPC (HTTP/2) through
+ * Connect's Node transport.
+ *
+ * - Same methods as the Python SDK: generate, refine, generateStream and
+ *   refineStream (async iterators of progress events), listModels.
+ * - Keyword-style parameters matching the proto fields (camelCase).
+ * - A deadline per call (`timeoutMs`, sent as `grpc-timeout`) and a default per
+ *   client; an AbortSignal to cancel.
+ * - Every failure is thrown as an {@link ImagegenError} subclass rebuilt from
+ *   the status and its `grpc-status-details-bin` details (see errors.ts).
+ */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import {
+  GenerationOptionsSchema,
+  ImageGenerationService,
+  type Accepted,
+  type AttemptFailed,
+  type AttemptStarted,
+  type GenerationOptions,
+  type Heartbeat,
+  type Preview,
+} from "./gen/imagegen/v1/image_generation_service_pb.js";
+import {
+  ImageSchema,
+  Role,
+  TurnSchema,
+  type Generation,
+  type Image,
+  type ModelInfo,
+  type Turn,
+} from "./gen/imagegen/v1/image_pb.js";
+import { toImagegenError } from "./errors.js";
+
+/** An input image: its bytes, and optionally its media type (else the server sniffs it). */
+export interface ImageInput {
+  /** PNG, JPEG, WebP, HEIC or HEIF bytes. */
+  data: Uint8Array;
+  /** e.g. `image/png`; may be omitted. */
+  mimeType?: string;
+}
+
+/** Options shared by every generation request (imagegen.v1.GenerationOptions). */
+export interface GenerationParams {
+  /** Model id; empty or absent means the server's default (see listModels). */
+  model?: string;
+  /** Desired width in pixels, mapped with `height` to the nearest ratio and tier. */
+  width?: number;
+  /** Desired height in pixels. */
+  height?: number;
+  /** Explicit aspect ratio such as `16:9`. */
+  aspectRatio?: string;
+  /** Explicit size tier: `512`, `1K`, `2K` or `4K`. */
+  imageSize?: string;
+  /** Seed for the upstream model (0 is valid); absent lets the server pick. */
+  seed?: number;
+  /** Idempotency key: repeats within the server's TTL get the same result. */
+  requestId?: string;
+}
+
+/** Parameters of {@link ImagegenClient.generate}. */
+export interface GenerateParams extends GenerationParams {
+  /** What to draw. */
+  prompt: string;
+  /** Optional reference images. */
+  inputImages?: ImageInput[];
+}
+
+/** A turn of history: a generated `Turn` message or a plain object of the same shape. */
+export type TurnInit = MessageInitShape<typeof TurnSchema>;
+
+/** Parameters of {@link ImagegenClient.refine}. */
+export interface RefineParams extends GenerationParams {
+  /** The edit to make, e.g. "make it night". */
+  prompt: string;
+  /**
+   * The conversation so far, oldest first: the user turns you sent and each
+   * `generation.modelTurn` exactly as returned (its thought signatures must
+   * come back byte for byte). {@link userTurn} builds a user turn.
+   */
+  history: TurnInit[];
+  /** Optional extra images for this turn. */
+  inputImages?: ImageInput[];
+}
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Deadline for this call in milliseconds (overrides the client's default). */
+  timeoutMs?: number;
+  /** Cancels the call when aborted (the server then aborts its upstream request). */
+  signal?: AbortSignal;
+  /** Extra request metadata (gRPC headers), e.g. `authorization`. */
+  headers?: HeadersInit;
+}
+
+/** Options of {@link ImagegenClient}. */
+export interface ImagegenClientOptions {
+  /**
+   * Where the server listens: `http://host:port` for plaintext HTTP/2 (h2c),
+   * `https://host:port` for TLS. A bare `host:port` means `http://host:port`.
+   */
+  address: string;
+  /** Default deadline for every call, in milliseconds. None when absent. */
+  timeoutMs?: number;
+  /** Metadata sent with every call, e.g. `{ authorization: "Bearer ..." }`. */
+  headers?: HeadersInit;
+  /** Use this transport instead of creating a gRPC one (address is then ignored). */
+  transport?: Transport;
+}
+
+/**
+ * One progress event of a stream: a discriminated union on `case`
+ * (`accepted`, `attemptStarted`, `attemptFailed`, `heartbeat`, `preview`,
+ * `completed`). The last event of a successful stream is `completed`; a failed
+ * stream throws an {@link ImagegenError} instead.
+ */
+export type StreamEvent =
+  | { case: "accepted"; value: Accepted }
+  | { case: "attemptStarted"; value: AttemptStarted }
+  | { case: "attemptFailed"; value: AttemptFailed }
+  | { case: "heartbeat"; value: Heartbeat }
+  | { case: "preview"; value: Preview }
+  | { case: "completed"; value: Generation };
+
+/** Builds a user turn (prompt text, then any images) for a Refine history. */
+export function userTurn(prompt: string, inputImages: ImageInput[] = []): Turn {
+  return create(TurnSchema, {
+    role: Role.USER,
+    parts: [
+      { data: { case: "text", value: prompt } },
+      ...inputImages.map((img) => ({ data: { case: "image" as const, value: toImage(img) } })),
+    ],
+  });
+}
+
+function toImage(img: ImageInput): Image {
+  return create(ImageSchema, { data: img.data, mimeType: img.mimeType ?? "" });
+}
+
+function toOptions(p: GenerationParams): GenerationOptions {
+  return create(GenerationOptionsSchema, {
+    model: p.model ?? "",
+    width: p.width ?? 0,
+    height: p.height ?? 0,
+    aspectRatio: p.aspectRatio ?? "",
+    imageSize: p.imageSize ?? "",
+    seed: p.seed,
+    requestId: p.requestId ?? "",
+  });
+}
+
+function normalizeAddress(address: string): string {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+}
+
+/** Drops events of kinds this client does not know (sent by a newer server). */
+function knownEvent(event: { case: string | undefined; value?: unknown }): StreamEvent | undefined {
+  return event.case === undefined ? undefined : (event as StreamEvent);
+}
+
+/**
+ * Client for the imagegen gRPC gateway.
+ *
+ * ```ts
+ * const client = new ImagegenClient({ address: "127.0.0.1:50051", timeoutMs: 120_000 });
+ * const gen = await client.generate({ prompt: "a red fox in snow", aspectRatio: "16:9" });
+ * await writeFile("fox.png", gen.image!.data);
+ * client.close();
+ * ```
+ */
+export class ImagegenClient {
+  /** The generated Connect client, for callers who want the raw messages. */
+  readonly raw: Client<typeof ImageGenerationService>;
+  private readonly timeoutMs: number | undefined;
+  private readonly headers: HeadersInit | undefined;
+  private readonly sessionManager: Http2SessionManager | undefined;
+
+  constructor(options: ImagegenClientOptions) {
+    this.timeoutMs = options.timeoutMs;
+    this.headers = options.headers;
+    let transport = options.transport;
+    if (transport === undefined) {
+      const baseUrl = normalizeAddress(options.address);
+      this.sessionManager = new Http2SessionManager(baseUrl);
+      transport = createGrpcTransport({ baseUrl, sessionManager: this.sessionManager });
+    }
+    this.raw = createClient(ImageGenerationService, transport);
+  }
+
+  /** Generates one image from a prompt and optional input images. */
+  async generate(params: GenerateParams, options: CallOptions = {}): Promise<Generation> {
+    try {
+      const res = await this.raw.generate(
+        { prompt: params.prompt, inputImages: (params.inputImages ?? []).map(toImage), options: toOptions(params) },
+        this.callOptions(options),
+      );
+      return this.requireGeneration(res.generation);
+    } catch (err) {
+      throw toImagegenError(err);
+    }
+  }
+
+  /** Edits an image: a new prompt plus the conversation so far. */
+  async refine(params: RefineParams, options: CallOptions = {}): Promise<Generation> {
+    try {
+      const res = await this.raw.refine(
+        {
+          prompt: params.prompt,
+          history: params.history,
+          inputImages: (params.inputImages ?? []).map(toImage),
+          options: toOptions(params),
+        },
+        this.callOptions(options),
+      );
+      return this.requireGeneration(res.generation);
+    } catch (err) {
+      throw toImagegenError(err);
+    }
+  }
+
+  /**
+   * Like {@link generate}, streaming progress events. Breaking out of the
+   * loop cancels the call.
+   *
+   * ```ts
+   * for await (const ev of client.generateStream({ prompt: "a fox" })) {
+   *   if (ev.case === "attemptFailed") console.log("retry in", ev.value.retryDelay);
+   *   if (ev.case === "completed") image = ev.value.image;
+   * }
+   * ```
+   */
+  async *generateStream(params: GenerateParams, options: CallOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    try {
+      const stream = this.raw.generateStream(
+        { prompt: params.prompt, inputImages: (params.inputImages ?? []).map(toImage), options: toOptions(params) },
+        this.callOptions(options),
+      );
+      for await (const res of stream) {
+        const ev = knownEvent(res.event);
+        if (ev !== undefined) yield ev;
+      }
+    } catch (err) {
+      throw toImagegenError(err);
+    }
+  }
+
+  /** Like {@link refine}, streaming the same progress events as {@link generateStream}. */
+  async *refineStream(params: RefineParams, options: CallOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    try {
+      const stream = this.raw.refineStream(
+        {
+          prompt: params.prompt,
+          history: params.history,
+          inputImages: (params.inputImages ?? []).map(toImage),
+          options: toOptions(params),
+        },
+        this.callOptions(options),
+      );
+      for await (const res of stream) {
+        const ev = knownEvent(res.event);
+        if (ev !== undefined) yield ev;
+      }
+    } catch (err) {
+      throw toImagegenError(err);
+    }
+  }
+
+  /** Lists the models the server accepts and what each supports. */
+  async listModels(options: CallOptions = {}): Promise<ModelInfo[]> {
+    try {
+      const res = await this.raw.listModels({}, this.callOptions(options));
+      return res.models;
+    } catch (err) {
+      throw toImagegenError(err);
+    }
+  }
+
+  /** Closes the HTTP/2 connection; calls in flight are aborted. */
+  close(): void {
+    this.sessionManager?.abort();
+  }
+
+  /** `using client = new ImagegenClient(...)` closes it at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  private callOptions(options: CallOptions): { timeoutMs?: number; signal?: AbortSignal; headers?: HeadersInit } {
+    const headers = new Headers(this.headers);
+    new Headers(options.headers).forEach((value, key) => headers.set(key, value));
+    return {
+      timeoutMs: options.timeoutMs ?? this.timeoutMs,
+      signal: options.signal,
+      headers,
+    };
+  }
+
+  private requireGeneration(generation: Generation | undefined): Generation {
+    if (generation === undefined) {
+      // A server bug, not a caller error: surface it like any INTERNAL status.
+      throw toImagegenError(new Error("server returned a response without a generation"));
+    }
+    return generation;
+  }
+}
+
+/**
+ * A multi-turn editing session: keeps the history (user turns and the model
+ * turns with their thought signatures) so callers never handle signatures.
+ *
+ * ```ts
+ * const conv = new Conversation(client, { model: "gemini-3.1-flash-image" });
+ * await conv.generate("a lighthouse at dusk");
+ * const night = await conv.refine("make it night");
+ * ```
+ */
+export class Conversation {
+  /** The history so far, oldest first: what the next refine sends. */
+  readonly history: Turn[] = [];
+  /** The latest result. */
+  last: Generation | undefined;
+
+  constructor(
+    private readonly client: ImagegenClient,
+    private readonly defaults: GenerationParams = {},
+  ) {}
+
+  /** Starts (or restarts) the conversation with a fresh generation. */
+  async generate(prompt: string, inputImages: ImageInput[] = [], options: CallOptions = {}): Promise<Generation> {
+    const gen = await this.client.generate({ ...this.defaults, prompt, inputImages }, options);
+    this.history.length = 0;
+    this.push(prompt, inputImages, gen);
+    return gen;
+  }
+
+  /** Edits the latest image; on success the turn is added to the history. */
+  async refine(prompt: string, inputImages: ImageInput[] = [], options: CallOptions = {}): Promise<Generation> {
+    const gen = await this.client.refine({ ...this.defaults, prompt, history: this.history, inputImages }, options);
+    this.push(prompt, inputImages, gen);
+    return gen;
+  }
+
+  private push(prompt: string, inputImages: ImageInput[], gen: Generation): void {
+    const modelTurn = gen.modelTurn ?? create(TurnSchema, { role: Role.MODEL, parts: [] });
+    this.history.push(userTurn(prompt, inputImages), modelTurn);
+    this.last = gen;
+  }
+}
