@@ -1,0 +1,190 @@
+"""Conversions shared by the sync and async clients: arguments -> request messages, responses -> events."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+from imagegen.types import (
+    Accepted,
+    AttemptFailed,
+    AttemptStarted,
+    Completed,
+    GenerationResult,
+    Heartbeat,
+    Image,
+    ImageInput,
+    Part,
+    Preview,
+    StreamEvent,
+    Turn,
+    sniff_mime_type,
+    status_code_from_int,
+)
+from imagegen.v1 import image_generation_service_pb2 as service_pb2
+from imagegen.v1 import image_pb2
+
+#: Per-call or per-client gRPC metadata: pairs or a mapping. Keys are lower-cased;
+#: keys ending in ``-bin`` take bytes.
+MetadataInput: TypeAlias = Sequence[tuple[str, str | bytes]] | Mapping[str, str | bytes]
+#: A history turn: the SDK's :class:`imagegen.Turn` or the raw ``imagegen.v1.Turn``.
+TurnInput: TypeAlias = Turn | image_pb2.Turn
+
+StreamResponse: TypeAlias = service_pb2.GenerateStreamResponse | service_pb2.RefineStreamResponse
+
+
+def to_image_proto(value: ImageInput) -> image_pb2.Image:
+    """Coerce one ``input_images`` entry (bytes, path, :class:`Image` or message) to ``imagegen.v1.Image``."""
+    if isinstance(value, image_pb2.Image):
+        return image_pb2.Image(data=value.data, mime_type=value.mime_type)
+    if isinstance(value, Image):
+        return value.to_proto()
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        return image_pb2.Image(data=data, mime_type=sniff_mime_type(data))
+    if isinstance(value, str | os.PathLike):
+        data = Path(value).read_bytes()
+        return image_pb2.Image(data=data, mime_type=sniff_mime_type(data))
+    raise TypeError(f"input image must be bytes, a path or an imagegen.Image, not {type(value).__name__}")
+
+
+def to_turn_proto(value: TurnInput) -> image_pb2.Turn:
+    """Coerce one history entry to ``imagegen.v1.Turn``, keeping signatures byte for byte."""
+    if isinstance(value, image_pb2.Turn):
+        copy = image_pb2.Turn()
+        copy.CopyFrom(value)
+        return copy
+    if isinstance(value, Turn):
+        return value.to_proto()
+    raise TypeError(f"history entries must be imagegen.Turn or imagegen.v1.Turn, not {type(value).__name__}")
+
+
+def user_turn(prompt: str, images: Iterable[image_pb2.Image]) -> Turn:
+    """The user turn recorded in a conversation history: the prompt text, then the input images."""
+    parts = [Part(text=prompt)]
+    parts.extend(Part(image=Image.from_proto(image)) for image in images)
+    return Turn(role="user", parts=tuple(parts))
+
+
+def normalize_metadata(metadata: MetadataInput | None) -> tuple[tuple[str, str | bytes], ...]:
+    """Metadata as gRPC wants it: a tuple of (lower-case key, value) pairs."""
+    if not metadata:
+        return ()
+    items = metadata.items() if isinstance(metadata, Mapping) else metadata
+    return tuple((str(key).lower(), value) for key, value in items)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """Everything one generation call sends, before it is shaped into a request message."""
+
+    prompt: str
+    input_images: tuple[image_pb2.Image, ...]
+    options: service_pb2.GenerationOptions
+    history: tuple[image_pb2.Turn, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        history: Iterable[TurnInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> RequestSpec:
+        """Validate argument types and convert images and history to messages."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        if isinstance(input_images, bytes | str | Image | image_pb2.Image | os.PathLike):
+            raise TypeError("input_images must be a sequence of images; wrap a single image in a list")
+        options = service_pb2.GenerationOptions(
+            model=model or "",
+            width=width or 0,
+            height=height or 0,
+            aspect_ratio=aspect_ratio or "",
+            image_size=image_size or "",
+            request_id=request_id or "",
+        )
+        if seed is not None:
+            options.seed = seed
+        return cls(
+            prompt=prompt,
+            input_images=tuple(to_image_proto(image) for image in input_images),
+            options=options,
+            history=tuple(to_turn_proto(turn) for turn in history),
+        )
+
+    @property
+    def idempotent(self) -> bool:
+        """True when the request carries a request id (the server deduplicates retries)."""
+        return bool(self.options.request_id)
+
+    def generate_request(self) -> service_pb2.GenerateRequest:
+        """The ``GenerateRequest`` message."""
+        return service_pb2.GenerateRequest(prompt=self.prompt, input_images=self.input_images, options=self.options)
+
+    def generate_stream_request(self) -> service_pb2.GenerateStreamRequest:
+        """The ``GenerateStreamRequest`` message."""
+        return service_pb2.GenerateStreamRequest(
+            prompt=self.prompt, input_images=self.input_images, options=self.options
+        )
+
+    def refine_request(self) -> service_pb2.RefineRequest:
+        """The ``RefineRequest`` message."""
+        return service_pb2.RefineRequest(
+            prompt=self.prompt, history=self.history, input_images=self.input_images, options=self.options
+        )
+
+    def refine_stream_request(self) -> service_pb2.RefineStreamRequest:
+        """The ``RefineStreamRequest`` message."""
+        return service_pb2.RefineStreamRequest(
+            prompt=self.prompt, history=self.history, input_images=self.input_images, options=self.options
+        )
+
+
+def event_from_response(response: StreamResponse) -> StreamEvent | None:
+    """Convert one stream message to a typed event (``None`` for an event this SDK does not know)."""
+    which = response.WhichOneof("event")
+    if which == "accepted":
+        a = response.accepted
+        return Accepted(
+            generation_id=a.generation_id,
+            seed=a.seed,
+            model=a.model,
+            max_attempts=a.max_attempts,
+            aspect_ratio=a.aspect_ratio,
+            image_size=a.image_size,
+            raw=a,
+        )
+    if which == "attempt_started":
+        s = response.attempt_started
+        return AttemptStarted(attempt=s.attempt, max_attempts=s.max_attempts, raw=s)
+    if which == "attempt_failed":
+        f = response.attempt_failed
+        return AttemptFailed(
+            attempt=f.attempt,
+            code=status_code_from_int(f.code),
+            reason=f.reason,
+            message=f.message,
+            retry_delay=f.retry_delay.ToTimedelta().total_seconds(),
+            will_retry=f.will_retry,
+            raw=f,
+        )
+    if which == "heartbeat":
+        h = response.heartbeat
+        return Heartbeat(elapsed=h.elapsed.ToTimedelta().total_seconds(), raw=h)
+    if which == "preview":
+        p = response.preview
+        return Preview(image=Image.from_proto(p.image), index=p.index, raw=p)
+    if which == "completed":
+        return Completed(result=GenerationResult.from_proto(response.completed))
+    return None

@@ -1,0 +1,106 @@
+"""Client-side retry policy, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from imagegen.errors import ImagegenError, QuotaExhaustedError
+
+__all__ = ["ClientRetry"]
+
+#: Reasons that mean the server rejected the call before doing any upstream work.
+_REJECTED_BEFORE_WORK = frozenset({"SHUTTING_DOWN", "OVERLOADED"})
+
+#: Codes worth retrying when the request carries a request id (the server then
+#: deduplicates, so a retry never pays for a second generation).
+_RETRYABLE_WITH_ID = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRetry:
+    """Optional client-side retries. Off unless passed as ``retry=`` to a client.
+
+    The server already retries its upstream (Gemini) calls, so the client only
+    retries where a second attempt is safe and cannot cost a second paid
+    generation:
+
+    * **Always:** ``UNAVAILABLE`` before any work started: reason ``SHUTTING_DOWN``,
+      or no details at all (the server could not be reached), and reason
+      ``OVERLOADED`` (the server's concurrency limit rejected the call).
+    * **Only when the call has a** ``request_id``: any retryable code as well:
+      ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` (not ``UPSTREAM_QUOTA_EXHAUSTED``),
+      ``ABORTED``, and ``DEADLINE_EXCEEDED`` with reason ``UPSTREAM_TIMEOUT``. The
+      server deduplicates by request id, so a retry joins or reuses the first
+      generation.
+    * **Streams** are retried only before their first event; once an event has
+      arrived, errors are raised to the caller.
+
+    The wait before attempt *n+1* is the server's ``RetryInfo`` delay when it
+    sent one, otherwise ``min(initial_backoff * backoff_multiplier**(n-1),
+    max_backoff)`` reduced by up to ``jitter`` (a fraction). A ``RetryInfo`` delay
+    longer than ``max_retry_after`` is not waited for: the error is raised. The
+    call's ``timeout`` covers all attempts and waits together; no retry starts
+    if its wait would pass the deadline.
+    """
+
+    #: Total attempts, the first included (1 disables retries).
+    max_attempts: int = 3
+    #: Wait before the first retry, in seconds.
+    initial_backoff: float = 0.5
+    #: Upper bound of the computed backoff, in seconds.
+    max_backoff: float = 10.0
+    #: Growth factor of the backoff per attempt.
+    backoff_multiplier: float = 2.0
+    #: Random reduction of the computed backoff, as a fraction in [0, 1].
+    jitter: float = 0.2
+    #: Longest server-suggested ``RetryInfo`` delay the client will wait, in seconds.
+    max_retry_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.backoff_multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and backoff_multiplier >= 1")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def is_retryable(self, error: ImagegenError, *, idempotent: bool) -> bool:
+        """Whether ``error`` may be retried under the rules above."""
+        if error.reason in _REJECTED_BEFORE_WORK:
+            return True
+        if error.code is grpc.StatusCode.UNAVAILABLE and not error.reason:
+            return True
+        if not idempotent or isinstance(error, QuotaExhaustedError):
+            return False
+        if error.code in _RETRYABLE_WITH_ID:
+            return True
+        return error.code is grpc.StatusCode.DEADLINE_EXCEEDED and error.reason == "UPSTREAM_TIMEOUT"
+
+    def backoff(self, attempt: int) -> float:
+        """The computed wait after failed attempt number ``attempt`` (1-based), jitter applied."""
+        base = min(self.initial_backoff * self.backoff_multiplier ** max(0, attempt - 1), self.max_backoff)
+        return base * (1.0 - self.jitter * random.random())
+
+    def next_delay(
+        self, error: ImagegenError, *, attempt: int, idempotent: bool, remaining: float | None
+    ) -> float | None:
+        """Seconds to wait before retrying after failed attempt ``attempt``, or ``None`` to give up.
+
+        ``remaining`` is the time left before the call's deadline (``None``: no deadline).
+        """
+        if attempt >= self.max_attempts or not self.is_retryable(error, idempotent=idempotent):
+            return None
+        if error.retry_after is not None:
+            if error.retry_after > self.max_retry_after:
+                return None
+            delay = error.retry_after
+        else:
+            delay = self.backoff(attempt)
+        if remaining is not None and delay >= remaining:
+            return None
+        return delay

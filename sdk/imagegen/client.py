@@ -1,0 +1,863 @@
+"""The sync :class:`Client` and async :class:`AsyncClient`: one design, two transports.
+
+:class:`Client` runs on grpc's blocking channel (``grpc.insecure_channel`` /
+``grpc.secure_channel``); :class:`AsyncClient` on ``grpc.aio``. Both build the
+same request messages, return the same typed results and events (see
+:mod:`imagegen.types`) and raise the same exceptions (see :mod:`imagegen.errors`).
+
+Example::
+
+    import imagegen
+
+    with imagegen.Client("127.0.0.1:50051") as client:
+        result = client.generate("a red fox in the snow", width=1024, height=1024, seed=7)
+        result.save("fox.png")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from imagegen._convert import MetadataInput, RequestSpec, TurnInput, event_from_response, normalize_metadata
+from imagegen._retry import ClientRetry
+from imagegen.errors import ImagegenError, from_grpc_error
+from imagegen.types import Completed, GenerationResult, ImageInput, ModelInfo, StreamEvent
+from imagegen.v1 import image_generation_service_pb2 as service_pb2
+from imagegen.v1 import image_generation_service_pb2_grpc as service_grpc
+
+if TYPE_CHECKING:
+    from imagegen.conversation import AsyncConversation, Conversation
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "MAX_MESSAGE_BYTES",
+    "AsyncClient",
+    "AsyncEventStream",
+    "Client",
+    "EventStream",
+]
+
+#: Where the clients connect when no target is given (``imagegen serve``'s default).
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Default deadline of each call, in seconds (all client-side retries included).
+DEFAULT_TIMEOUT = 120.0
+#: Send and receive message limit of the clients' channels (images are megabytes;
+#: gRPC's default receive limit is 4 MiB). Matches the server's.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_VERSION = "0.1.0"
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Stream = TypeVar("_Stream", service_pb2.GenerateStreamResponse, service_pb2.RefineStreamResponse)
+
+ChannelOptions = Iterable[tuple[str, Any]]
+
+
+def _channel_options(extra: ChannelOptions) -> list[tuple[str, Any]]:
+    merged: dict[str, Any] = {
+        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        "grpc.primary_user_agent": f"imagegen-python/{_VERSION}",
+    }
+    merged.update(dict(extra))
+    return list(merged.items())
+
+
+class _ClientBase:
+    """Configuration and helpers shared by :class:`Client` and :class:`AsyncClient`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None,
+        metadata: MetadataInput,
+        credentials: grpc.ChannelCredentials | None,
+        bearer_token: str | None,
+        options: ChannelOptions,
+        retry: ClientRetry | None,
+    ) -> None:
+        self._target = target
+        self._timeout = timeout
+        self._credentials = credentials
+        self._options = _channel_options(options)
+        self._retry = retry or ClientRetry(max_attempts=1)
+        base = normalize_metadata(metadata)
+        if bearer_token:
+            base = (*base, ("authorization", f"Bearer {bearer_token}"))
+        self._metadata = base
+
+    @property
+    def target(self) -> str:
+        """The server address this client connects to."""
+        return self._target
+
+    @property
+    def timeout(self) -> float | None:
+        """The default per-call deadline in seconds (``None``: no deadline)."""
+        return self._timeout
+
+    @property
+    def retry(self) -> ClientRetry | None:
+        """The client-side retry policy, or ``None`` when retries are off."""
+        return self._retry if self._retry.max_attempts > 1 else None
+
+    def _call_metadata(self, metadata: MetadataInput | None) -> tuple[tuple[str, str | bytes], ...]:
+        return (*self._metadata, *normalize_metadata(metadata))
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        effective = self._timeout if timeout is None else timeout
+        return None if effective is None else time.monotonic() + effective
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target={self._target!r})"
+
+
+class EventStream(Iterator[StreamEvent]):
+    """The typed events of a ``generate_stream`` / ``refine_stream`` call (sync).
+
+    Iterate it; the last event of a successful stream is :class:`imagegen.Completed`,
+    and a failure raises an :class:`imagegen.ImagegenError` from the loop. Use it as a
+    context manager (or call :meth:`close`) to cancel the call when you stop early.
+    """
+
+    def __init__(
+        self,
+        events: Generator[StreamEvent, None, None],
+        on_completed: Callable[[GenerationResult], None] | None = None,
+    ) -> None:
+        self._events = events
+        self._on_completed = on_completed
+        #: The final result, once the :class:`Completed` event has been read.
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        event = next(self._events)
+        if isinstance(event, Completed):
+            self.result = event.result
+            if self._on_completed is not None:
+                self._on_completed(event.result)
+        return event
+
+    def final_result(self) -> GenerationResult:
+        """Consume the remaining events and return the generated result (raises on failure)."""
+        for _ in self:
+            pass
+        if self.result is None:
+            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
+        return self.result
+
+    def close(self) -> None:
+        """Stop reading and cancel the call if it is still running."""
+        self._events.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncEventStream(AsyncIterator[StreamEvent]):
+    """The typed events of an async ``generate_stream`` / ``refine_stream`` call.
+
+    ``async for`` over it; a failure raises an :class:`imagegen.ImagegenError`.
+    Use ``async with`` (or :meth:`aclose`) to cancel the call when you stop early.
+    """
+
+    def __init__(
+        self,
+        events: AsyncGenerator[StreamEvent, None],
+        on_completed: Callable[[GenerationResult], None] | None = None,
+    ) -> None:
+        self._events = events
+        self._on_completed = on_completed
+        #: The final result, once the :class:`Completed` event has been read.
+        self.result: GenerationResult | None = None
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        event = await self._events.__anext__()
+        if isinstance(event, Completed):
+            self.result = event.result
+            if self._on_completed is not None:
+                self._on_completed(event.result)
+        return event
+
+    async def final_result(self) -> GenerationResult:
+        """Consume the remaining events and return the generated result (raises on failure)."""
+        async for _ in self:
+            pass
+        if self.result is None:
+            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
+        return self.result
+
+    async def aclose(self) -> None:
+        """Stop reading and cancel the call if it is still running."""
+        await self._events.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Client(_ClientBase):
+    """Synchronous client for the imagegen gateway, on grpc's blocking channel.
+
+    Args:
+        target: ``host:port`` of the server.
+        timeout: Default deadline of each call in seconds, client-side retries
+            included; ``None`` for no deadline. Each method's ``timeout=`` overrides it.
+        metadata: gRPC metadata sent with every call (pairs or a mapping).
+        credentials: TLS channel credentials (``grpc.ssl_channel_credentials()``);
+            ``None`` for a plaintext channel.
+        bearer_token: Sent as ``authorization: Bearer <token>`` on every call.
+        options: Extra channel options; they override the defaults (64 MiB send and
+            receive limits, user agent).
+        retry: Client-side retries (:class:`imagegen.ClientRetry`); off by default.
+
+    The client is thread-safe. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: MetadataInput = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        bearer_token: str | None = None,
+        options: ChannelOptions = (),
+        retry: ClientRetry | None = None,
+    ) -> None:
+        super().__init__(
+            target,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            bearer_token=bearer_token,
+            options=options,
+            retry=retry,
+        )
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials, options=self._options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=self._options)
+        self._stub = service_grpc.ImageGenerationServiceStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The underlying channel, for calling the generated stubs (``imagegen.v1``) directly."""
+        return self._channel
+
+    def close(self) -> None:
+        """Close the channel; running calls are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ calls
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> GenerationResult:
+        """Generate one image from a prompt and optional input images.
+
+        Args:
+            prompt: What to draw.
+            input_images: Reference images: bytes, file paths or :class:`imagegen.Image`.
+            model: Model id; ``None`` for the server's default (see :meth:`list_models`).
+            width: Desired width in pixels, mapped to the nearest supported ratio and size.
+            height: Desired height in pixels.
+            aspect_ratio: Explicit ratio such as ``"16:9"``; overrides width/height.
+            image_size: Explicit size tier ``"512"``, ``"1K"``, ``"2K"`` or ``"4K"``.
+            seed: Upstream seed (0 is valid); ``None`` lets the server pick and report one.
+            request_id: Idempotency key: the server deduplicates repeats, and the client
+                may then retry any retryable error (see :class:`imagegen.ClientRetry`).
+            timeout: Deadline in seconds for this call (default: the client's).
+            metadata: Extra gRPC metadata for this call.
+
+        Returns:
+            The image and everything known about how it was made.
+
+        Raises:
+            ImagegenError: A subclass by meaning, e.g. :class:`imagegen.RateLimitError`.
+        """
+        spec = RequestSpec.build(
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        response = self._unary(self._stub.Generate, spec.generate_request(), spec.idempotent, timeout, metadata)
+        return GenerationResult.from_proto(response.generation)
+
+    def refine(
+        self,
+        prompt: str,
+        *,
+        history: Iterable[TurnInput],
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> GenerationResult:
+        """Edit an image over several turns: a new prompt plus the conversation so far.
+
+        ``history`` is oldest first: user turns, and each result's ``model_turn``
+        as returned (its thought signatures must stay byte for byte). The
+        :class:`imagegen.Conversation` helper keeps it for you. Other arguments
+        are as for :meth:`generate`.
+        """
+        spec = RequestSpec.build(
+            prompt,
+            history=history,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        response = self._unary(self._stub.Refine, spec.refine_request(), spec.idempotent, timeout, metadata)
+        return GenerationResult.from_proto(response.generation)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> EventStream:
+        """Like :meth:`generate`, streaming progress events.
+
+        Yields :class:`imagegen.Accepted`, then per upstream attempt
+        :class:`imagegen.AttemptStarted` and possibly :class:`imagegen.AttemptFailed`
+        (with the server's retry delay), :class:`imagegen.Heartbeat` and
+        :class:`imagegen.Preview` while waiting, and finally :class:`imagegen.Completed`.
+        A failure raises from the iteration. The call starts when iteration starts.
+        """
+        spec = RequestSpec.build(
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        return EventStream(
+            self._stream(self._stub.GenerateStream, spec.generate_stream_request(), spec.idempotent, timeout, metadata)
+        )
+
+    def refine_stream(
+        self,
+        prompt: str,
+        *,
+        history: Iterable[TurnInput],
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> EventStream:
+        """Like :meth:`refine`, streaming the progress events of :meth:`generate_stream`."""
+        spec = RequestSpec.build(
+            prompt,
+            history=history,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        return EventStream(
+            self._stream(self._stub.RefineStream, spec.refine_stream_request(), spec.idempotent, timeout, metadata)
+        )
+
+    def list_models(self, *, timeout: float | None = None, metadata: MetadataInput | None = None) -> list[ModelInfo]:
+        """The models the server accepts and what each supports."""
+        response = self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), True, timeout, metadata)
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    def conversation(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> Conversation:
+        """Generate a first image and return a :class:`imagegen.Conversation` to refine it.
+
+        Same as ``Conversation.start(client, prompt, ...)``. Model and size options
+        are kept for later turns.
+        """
+        from imagegen.conversation import Conversation
+
+        return Conversation.start(
+            self,
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        idempotent: bool,
+        timeout: float | None,
+        metadata: MetadataInput | None,
+    ) -> _Resp:
+        deadline = self._deadline(timeout)
+        call_metadata = self._call_metadata(metadata)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            except grpc.RpcError as err:
+                error = from_grpc_error(err)
+                wait = self._retry.next_delay(
+                    error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
+                )
+                if wait is None:
+                    raise error from err
+                delay = wait
+            time.sleep(delay)
+
+    def _stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable[_Req, _Stream],
+        request: _Req,
+        idempotent: bool,
+        timeout: float | None,
+        metadata: MetadataInput | None,
+    ) -> Generator[StreamEvent, None, None]:
+        deadline = self._deadline(timeout)
+        call_metadata = self._call_metadata(metadata)
+        attempt = 0
+        while True:
+            attempt += 1
+            received = False
+            call = method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            try:
+                for response in call:
+                    event = event_from_response(response)
+                    if event is not None:
+                        received = True
+                        yield event
+                return
+            except grpc.RpcError as err:
+                error = from_grpc_error(err)
+                wait = None
+                if not received:
+                    wait = self._retry.next_delay(
+                        error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
+                    )
+                if wait is None:
+                    raise error from err
+                delay = wait
+            finally:
+                call.cancel()
+            time.sleep(delay)
+
+
+class AsyncClient(_ClientBase):
+    """Asynchronous client for the imagegen gateway, on ``grpc.aio``.
+
+    Same arguments, methods and results as :class:`Client`; methods are
+    coroutines, and the ``*_stream`` methods return async iterators. The channel
+    is created on first use, inside the running event loop; use the client from
+    that loop only. Use ``async with``, or ``await client.close()``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: MetadataInput = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        bearer_token: str | None = None,
+        options: ChannelOptions = (),
+        retry: ClientRetry | None = None,
+    ) -> None:
+        super().__init__(
+            target,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            bearer_token=bearer_token,
+            options=options,
+            retry=retry,
+        )
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_grpc.ImageGenerationServiceAsyncStub | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The underlying ``grpc.aio`` channel (created on first access, in the running loop)."""
+        if self._channel is None:
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+        return self._channel
+
+    @property
+    def _api(self) -> service_grpc.ImageGenerationServiceAsyncStub:
+        if self._stub is None:
+            self._stub = service_grpc.ImageGenerationServiceStub(self.channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Close the channel; running calls are cancelled."""
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------------------------ calls
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> GenerationResult:
+        """Generate one image; see :meth:`Client.generate`."""
+        spec = RequestSpec.build(
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        response = await self._unary(self._api.Generate, spec.generate_request(), spec.idempotent, timeout, metadata)
+        return GenerationResult.from_proto(response.generation)
+
+    async def refine(
+        self,
+        prompt: str,
+        *,
+        history: Iterable[TurnInput],
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> GenerationResult:
+        """Edit an image over several turns; see :meth:`Client.refine`."""
+        spec = RequestSpec.build(
+            prompt,
+            history=history,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        response = await self._unary(self._api.Refine, spec.refine_request(), spec.idempotent, timeout, metadata)
+        return GenerationResult.from_proto(response.generation)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> AsyncEventStream:
+        """Stream progress events of a generation; see :meth:`Client.generate_stream`.
+
+        Not a coroutine: ``async for event in client.generate_stream(...)``.
+        """
+        spec = RequestSpec.build(
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        return AsyncEventStream(
+            self._stream(
+                lambda: self._api.GenerateStream,
+                spec.generate_stream_request(),
+                spec.idempotent,
+                timeout,
+                metadata,
+            )
+        )
+
+    def refine_stream(
+        self,
+        prompt: str,
+        *,
+        history: Iterable[TurnInput],
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> AsyncEventStream:
+        """Stream progress events of a refinement; see :meth:`Client.refine_stream`."""
+        spec = RequestSpec.build(
+            prompt,
+            history=history,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+        )
+        return AsyncEventStream(
+            self._stream(
+                lambda: self._api.RefineStream,
+                spec.refine_stream_request(),
+                spec.idempotent,
+                timeout,
+                metadata,
+            )
+        )
+
+    async def list_models(
+        self, *, timeout: float | None = None, metadata: MetadataInput | None = None
+    ) -> list[ModelInfo]:
+        """The models the server accepts and what each supports."""
+        response = await self._unary(self._api.ListModels, service_pb2.ListModelsRequest(), True, timeout, metadata)
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    async def conversation(
+        self,
+        prompt: str,
+        *,
+        input_images: Iterable[ImageInput] = (),
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        aspect_ratio: str | None = None,
+        image_size: str | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+    ) -> AsyncConversation:
+        """Generate a first image and return an :class:`imagegen.AsyncConversation` to refine it."""
+        from imagegen.conversation import AsyncConversation
+
+        return await AsyncConversation.start(
+            self,
+            prompt,
+            input_images=input_images,
+            model=model,
+            width=width,
+            height=height,
+            aspect_ratio=aspect_ratio,
+            image_size=image_size,
+            seed=seed,
+            request_id=request_id,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    # -------------------------------------------------------------------------------------- internals
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        idempotent: bool,
+        timeout: float | None,
+        metadata: MetadataInput | None,
+    ) -> _Resp:
+        deadline = self._deadline(timeout)
+        call_metadata = self._call_metadata(metadata)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            except grpc.RpcError as err:
+                error = from_grpc_error(err)
+                wait = self._retry.next_delay(
+                    error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
+                )
+                if wait is None:
+                    raise error from err
+                delay = wait
+            await asyncio.sleep(delay)
+
+    async def _stream(
+        self,
+        method: Callable[[], grpc.aio.UnaryStreamMultiCallable[_Req, _Stream]],
+        request: _Req,
+        idempotent: bool,
+        timeout: float | None,
+        metadata: MetadataInput | None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        deadline = self._deadline(timeout)
+        call_metadata = self._call_metadata(metadata)
+        attempt = 0
+        while True:
+            attempt += 1
+            received = False
+            call = method()(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            try:
+                async for response in call:
+                    event = event_from_response(response)
+                    if event is not None:
+                        received = True
+                        yield event
+                return
+            except grpc.RpcError as err:
+                error = from_grpc_error(err)
+                wait = None
+                if not received:
+                    wait = self._retry.next_delay(
+                        error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
+                    )
+                if wait is None:
+                    raise error from err
+                delay = wait
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
