@@ -203,6 +203,8 @@ def _as_int(value: Any) -> int:
         return 0
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, str):
         try:
             return int(value)
@@ -221,7 +223,7 @@ def _quote(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
 # ---------------------------------------------------------------------------
 
 
-def decode_base64(value: Any, what: str = "data") -> bytes:
+def decode_base64(value: Any, what: str = "data", *, model: str = "") -> bytes:
     """Decode a proto3-JSON ``bytes`` field.
 
     Standard base64 is what Gemini sends; URL-safe and unpadded forms are also
@@ -229,7 +231,7 @@ def decode_base64(value: Any, what: str = "data") -> bytes:
     MALFORMED :class:`UpstreamError`.
     """
     if not isinstance(value, str):
-        raise _malformed(f"{what} is {type(value).__name__}, not a base64 string")
+        raise _malformed(f"{what} is {type(value).__name__}, not a base64 string", model)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -239,7 +241,7 @@ def decode_base64(value: Any, what: str = "data") -> bytes:
     try:
         return base64.b64decode(padded, altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
-        raise _malformed(f"{what} is not valid base64") from None
+        raise _malformed(f"{what} is not valid base64", model) from None
 
 
 _CANONICAL_MIME = {
@@ -518,12 +520,16 @@ class ResponseAccumulator:
 
     def _part(self, raw: Mapping[str, Any], index: int) -> Part | None:
         signature_raw = _get(raw, "thoughtSignature")
-        signature = None if signature_raw is None else decode_base64(signature_raw, f"parts[{index}].thoughtSignature")
+        signature = (
+            None
+            if signature_raw is None
+            else decode_base64(signature_raw, f"parts[{index}].thoughtSignature", model=self._model)
+        )
         image: InlineImage | None = None
         inline = _get(raw, "inlineData")
         if inline is not None:
             inline = _as_mapping(inline, f"parts[{index}].inlineData", self._model)
-            data = decode_base64(_get(inline, "data"), f"parts[{index}].inlineData.data")
+            data = decode_base64(_get(inline, "data"), f"parts[{index}].inlineData.data", model=self._model)
             image = InlineImage(data=data, mime_type=_as_str(_get(inline, "mimeType")))
         text = _get(raw, "text")
         if text is not None and not isinstance(text, str):
