@@ -8,21 +8,29 @@
  * error table in docs/contracts.md). {@link toImagegenError} turns that into
  * one class per meaning, mirroring the Python SDK's exceptions:
  *
- * | class                    | gRPC code / ErrorInfo.reason                             |
- * |--------------------------|----------------------------------------------------------|
- * | ContentPolicyError       | INVALID_ARGUMENT + CONTENT_BLOCKED                       |
- * | InvalidRequestError      | INVALID_ARGUMENT (other reasons), OUT_OF_RANGE           |
- * | QuotaExhaustedError      | RESOURCE_EXHAUSTED + UPSTREAM_QUOTA_EXHAUSTED            |
- * | RateLimitError           | RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED, OVERLOADED)   |
- * | NoImageError             | FAILED_PRECONDITION + NO_IMAGE                           |
- * | FailedPreconditionError  | FAILED_PRECONDITION (other reasons)                      |
- * | UnavailableError         | UNAVAILABLE                                              |
- * | DeadlineExceededError    | DEADLINE_EXCEEDED                                        |
- * | NotFoundError            | NOT_FOUND                                                |
- * | AuthenticationError      | UNAUTHENTICATED                                          |
- * | PermissionDeniedError    | PERMISSION_DENIED                                        |
- * | CancelledError           | CANCELLED                                                |
- * | InternalError            | INTERNAL, UNKNOWN and anything else                      |
+ * | class                    | gRPC code            | ErrorInfo reasons                                  |
+ * |--------------------------|----------------------|----------------------------------------------------|
+ * | InvalidRequestError      | INVALID_ARGUMENT     | INVALID_REQUEST, UPSTREAM_INVALID_ARGUMENT,        |
+ * |                          | (also OUT_OF_RANGE)  | MISSING_THOUGHT_SIGNATURE                          |
+ * | ContentPolicyError       | INVALID_ARGUMENT     | CONTENT_BLOCKED                                    |
+ * | NoImageError             | FAILED_PRECONDITION  | NO_IMAGE                                           |
+ * | FailedPreconditionError  | FAILED_PRECONDITION  | UPSTREAM_FAILED_PRECONDITION                       |
+ * | RateLimitError           | RESOURCE_EXHAUSTED   | UPSTREAM_RATE_LIMITED, OVERLOADED                  |
+ * | QuotaExhaustedError      | RESOURCE_EXHAUSTED   | UPSTREAM_QUOTA_EXHAUSTED                           |
+ * | UnavailableError         | UNAVAILABLE          | UPSTREAM_UNAVAILABLE, SHUTTING_DOWN                |
+ * | DeadlineExceededError    | DEADLINE_EXCEEDED    | UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED                |
+ * | NotFoundError            | NOT_FOUND            | MODEL_NOT_FOUND                                    |
+ * | AuthenticationError      | UNAUTHENTICATED      |                                                    |
+ * | PermissionDeniedError    | PERMISSION_DENIED    |                                                    |
+ * | UpstreamAuthError        | INTERNAL             | UPSTREAM_AUTH                                      |
+ * | InternalError            | INTERNAL, UNKNOWN,   | UPSTREAM_MALFORMED, INTERNAL                       |
+ * |                          | DATA_LOSS, others    |                                                    |
+ * | UnimplementedError       | UNIMPLEMENTED        |                                                    |
+ * | RequestCancelledError    | CANCELLED            |                                                    |
+ *
+ * The class is chosen by `ErrorInfo.reason` first (for the `imagegen.dev`
+ * domain, or no domain), then by the code: the same rule and the same class
+ * names as the Python SDK (`imagegen.errors`).
  *
  * All of them extend {@link ImagegenError}, so `catch (e) { if (e instanceof
  * ImagegenError) ... }` catches every failure of a call.
@@ -151,7 +159,7 @@ export class InvalidRequestError extends ImagegenError {
 }
 
 /** The prompt or the output was blocked by safety filters (INVALID_ARGUMENT + CONTENT_BLOCKED). */
-export class ContentPolicyError extends InvalidRequestError {
+export class ContentPolicyError extends ImagegenError {
   /** `prompt` or `output`. */
   readonly blockSide: string;
   /** Gemini's block reason, e.g. `SAFETY`, when the prompt was blocked. */
@@ -186,7 +194,7 @@ export class QuotaExhaustedError extends RateLimitError {}
 export class FailedPreconditionError extends ImagegenError {}
 
 /** The model answered without an image, even after a retry (FAILED_PRECONDITION + NO_IMAGE). */
-export class NoImageError extends FailedPreconditionError {
+export class NoImageError extends ImagegenError {
   /** Gemini's finish reason (`metadata.finishReason`). */
   readonly finishReason: string;
   /** Any text the model returned instead (`metadata.modelText`). */
@@ -204,13 +212,16 @@ export class UnavailableError extends ImagegenError {}
 /** The caller's deadline or the upstream timeout expired (DEADLINE_EXCEEDED). */
 export class DeadlineExceededError extends ImagegenError {}
 
-/** The model (or another resource) does not exist (NOT_FOUND). */
+/** The model (or another resource) does not exist (NOT_FOUND + MODEL_NOT_FOUND). */
 export class NotFoundError extends ImagegenError {
   /** ResourceInfo, when sent. */
   readonly resourceInfo: ResourceInfo | undefined;
+  /** The missing resource's name (ResourceInfo, else `metadata.model`). */
+  readonly resourceName: string | undefined;
   constructor(parts: ErrorParts) {
     super(parts);
     this.resourceInfo = parts.resourceInfo;
+    this.resourceName = parts.resourceInfo?.resourceName || this.metadata["model"] || undefined;
   }
 }
 
@@ -221,13 +232,62 @@ export class AuthenticationError extends ImagegenError {}
 export class PermissionDeniedError extends ImagegenError {}
 
 /** The call was cancelled, normally by the caller's AbortSignal (CANCELLED). */
-export class CancelledError extends ImagegenError {}
+export class RequestCancelledError extends ImagegenError {}
 
-/** The server failed unexpectedly, or the upstream misbehaved (INTERNAL, UNKNOWN, others). */
+/** The server failed unexpectedly, or the upstream misbehaved (INTERNAL, UNKNOWN, DATA_LOSS, others). */
 export class InternalError extends ImagegenError {}
 
-/** Alias kept for users of the seed SDK's name for the base class. */
+/** The server's own Gemini API key is missing or invalid (UPSTREAM_AUTH): an operator problem. */
+export class UpstreamAuthError extends InternalError {}
+
+/** The server does not implement this method (UNIMPLEMENTED). */
+export class UnimplementedError extends ImagegenError {}
+
+/** The seed SDK's name for the base class, as in the Python SDK. */
 export const GenerationError = ImagegenError;
+/** The seed SDK's name for {@link ContentPolicyError}, as in the Python SDK. */
+export const ContentBlockedError = ContentPolicyError;
+
+type ErrorClass = new (parts: ErrorParts) => ImagegenError;
+
+/** ErrorInfo.reason -> class (for the imagegen.dev domain, or no domain). */
+const BY_REASON: Readonly<Record<string, ErrorClass>> = {
+  INVALID_REQUEST: InvalidRequestError,
+  UPSTREAM_INVALID_ARGUMENT: InvalidRequestError,
+  MISSING_THOUGHT_SIGNATURE: InvalidRequestError,
+  UPSTREAM_FAILED_PRECONDITION: FailedPreconditionError,
+  CONTENT_BLOCKED: ContentPolicyError,
+  NO_IMAGE: NoImageError,
+  UPSTREAM_RATE_LIMITED: RateLimitError,
+  OVERLOADED: RateLimitError,
+  UPSTREAM_QUOTA_EXHAUSTED: QuotaExhaustedError,
+  UPSTREAM_UNAVAILABLE: UnavailableError,
+  SHUTTING_DOWN: UnavailableError,
+  UPSTREAM_TIMEOUT: DeadlineExceededError,
+  DEADLINE_EXCEEDED: DeadlineExceededError,
+  MODEL_NOT_FOUND: NotFoundError,
+  UPSTREAM_AUTH: UpstreamAuthError,
+  UPSTREAM_MALFORMED: InternalError,
+  INTERNAL: InternalError,
+};
+
+/** gRPC code -> class, when the reason is unknown or absent. */
+const BY_CODE: Readonly<Partial<Record<Code, ErrorClass>>> = {
+  [Code.InvalidArgument]: InvalidRequestError,
+  [Code.OutOfRange]: InvalidRequestError,
+  [Code.FailedPrecondition]: FailedPreconditionError,
+  [Code.ResourceExhausted]: RateLimitError,
+  [Code.Unavailable]: UnavailableError,
+  [Code.DeadlineExceeded]: DeadlineExceededError,
+  [Code.NotFound]: NotFoundError,
+  [Code.Unauthenticated]: AuthenticationError,
+  [Code.PermissionDenied]: PermissionDeniedError,
+  [Code.Internal]: InternalError,
+  [Code.Unknown]: InternalError,
+  [Code.DataLoss]: InternalError,
+  [Code.Unimplemented]: UnimplementedError,
+  [Code.Canceled]: RequestCancelledError,
+};
 
 function durationToMs(d: Duration | undefined): number | undefined {
   if (d === undefined) return undefined;
@@ -267,31 +327,10 @@ export function errorPartsFrom(
 
 /** Picks the error class for a status: by ErrorInfo.reason first, then by code. */
 export function errorFromParts(parts: ErrorParts): ImagegenError {
-  const reason = parts.errorInfo?.reason ?? "";
-  switch (parts.code) {
-    case Code.InvalidArgument:
-      return reason === "CONTENT_BLOCKED" ? new ContentPolicyError(parts) : new InvalidRequestError(parts);
-    case Code.OutOfRange:
-      return new InvalidRequestError(parts);
-    case Code.ResourceExhausted:
-      return reason === "UPSTREAM_QUOTA_EXHAUSTED" ? new QuotaExhaustedError(parts) : new RateLimitError(parts);
-    case Code.FailedPrecondition:
-      return reason === "NO_IMAGE" ? new NoImageError(parts) : new FailedPreconditionError(parts);
-    case Code.Unavailable:
-      return new UnavailableError(parts);
-    case Code.DeadlineExceeded:
-      return new DeadlineExceededError(parts);
-    case Code.NotFound:
-      return new NotFoundError(parts);
-    case Code.Unauthenticated:
-      return new AuthenticationError(parts);
-    case Code.PermissionDenied:
-      return new PermissionDeniedError(parts);
-    case Code.Canceled:
-      return new CancelledError(parts);
-    default:
-      return new InternalError(parts);
-  }
+  const info = parts.errorInfo;
+  const ours = info !== undefined && (info.domain === ERROR_DOMAIN || info.domain === "");
+  const cls = (ours ? BY_REASON[info.reason] : undefined) ?? BY_CODE[parts.code as Code] ?? InternalError;
+  return new cls(parts);
 }
 
 /**

@@ -13,7 +13,10 @@ import {
 import { StatusSchema } from "../src/gen/google/rpc/status_pb.js";
 import {
   AuthenticationError,
-  CancelledError,
+  RequestCancelledError,
+  UnimplementedError,
+  UpstreamAuthError,
+  ContentBlockedError,
   ContentPolicyError,
   DeadlineExceededError,
   decodeStatusDetailsBin,
@@ -80,7 +83,8 @@ describe("toImagegenError", () => {
     ce.details = [{ type: "google.rpc.ErrorInfo", value: toBinary(ErrorInfoSchema, info) }];
     const err = toImagegenError(ce);
     assert.ok(err instanceof ContentPolicyError);
-    assert.ok(err instanceof InvalidRequestError);
+    assert.ok(err instanceof ContentBlockedError);
+    assert.ok(!(err instanceof InvalidRequestError));
     assert.equal(err.blockSide, "output");
     assert.equal(err.finishReason, "IMAGE_SAFETY");
   });
@@ -114,8 +118,13 @@ describe("toImagegenError", () => {
       [Code.NotFound, "MODEL_NOT_FOUND", NotFoundError],
       [Code.Unauthenticated, "", AuthenticationError],
       [Code.PermissionDenied, "", PermissionDeniedError],
-      [Code.Canceled, "", CancelledError],
-      [Code.Internal, "UPSTREAM_AUTH", InternalError],
+      [Code.Canceled, "", RequestCancelledError],
+      [Code.Unimplemented, "", UnimplementedError],
+      [Code.Internal, "UPSTREAM_AUTH", UpstreamAuthError],
+      [Code.Internal, "UPSTREAM_MALFORMED", InternalError],
+      [Code.InvalidArgument, "MISSING_THOUGHT_SIGNATURE", InvalidRequestError],
+      [Code.Unavailable, "SHUTTING_DOWN", UnavailableError],
+      [Code.DataLoss, "", InternalError],
       [Code.Unknown, "", InternalError],
     ];
     for (const [code, reason, cls] of cases) {
@@ -124,6 +133,13 @@ describe("toImagegenError", () => {
       assert.equal(err.code, code);
       assert.equal(err.reason, reason);
     }
+  });
+
+  it("ignores reasons of another domain and falls back to the code", () => {
+    const info = anyPack(ErrorInfoSchema, create(ErrorInfoSchema, { reason: "CONTENT_BLOCKED", domain: "googleapis.com" }));
+    const err = toImagegenError(trailerError(Code.InvalidArgument, "x", [info]));
+    assert.ok(err instanceof InvalidRequestError);
+    assert.equal(err.reason, "CONTENT_BLOCKED");
   });
 
   it("turns a status without details and a non-gRPC error into typed errors", () => {
