@@ -842,7 +842,8 @@ def test_parse_error_envelope_accepts_snake_case_and_rejects_non_envelopes() -> 
     assert env is not None
     assert env.retry_delay == 3.5
     assert env.field_violations == (FieldViolation("f", "d"),)
-    for not_envelope in (b"<html>", b"[]", {"candidates": []}, "null"):
+    not_envelopes: tuple[Any, ...] = (b"<html>", b"[]", {"candidates": []}, "null")
+    for not_envelope in not_envelopes:
         assert wire.parse_error_envelope(not_envelope) is None
 
 
