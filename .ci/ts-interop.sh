@@ -5,7 +5,8 @@
 #   3. tsc strict build (src, tests, example)
 #   4. start the Gemini emulator and the real Python gRPC server
 #   5. buf curl: reflection lists the 5 RPCs; ListModels and Generate as JSON
-#   6. node --test: unit tests + the interop suite against the server
+#   6. the example script against the server
+#   7. node --test: unit tests + the interop suite against the server
 #
 # Python: $PYTHON, else the active venv ($VIRTUAL_ENV), else ./.venv, else
 # python3; it must import imagegen_server (pip install -e '.[dev]').
@@ -87,7 +88,10 @@ EMU_PID=$!
 wait_port "$EMU_PORT" "$EMU_PID" emulator
 
 echo "== server on 127.0.0.1:$GRPC_PORT (upstream: the emulator)"
-GEMINI_API_KEY=test-key "$PY" -m imagegen_server serve --host 127.0.0.1 --port "$GRPC_PORT" \
+# A large retry budget: the budget is shared by all requests, so without this
+# the order of the tests (how many scripted failures ran before the 429 ->
+# success stream) would decide whether that stream may retry at all.
+GEMINI_API_KEY=test-key IMAGEGEN_RETRY_BUDGET_TOKENS=1000 "$PY" -m imagegen_server serve --host 127.0.0.1 --port "$GRPC_PORT" \
   --upstream-url "$EMU_URL" >"$LOGS/server.log" 2>&1 &
 SRV_PID=$!
 wait_port "$GRPC_PORT" "$SRV_PID" server
@@ -118,7 +122,11 @@ assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
 print("generate:", g["image"]["width"], "x", g["image"]["height"], g["image"]["mimeType"], len(data), "bytes")
 ' "$LOGS/generate.json"
 
-# --- 6. the TypeScript suite
+# --- 6. the example script runs as documented
+echo "== example (clients/typescript/examples/generate.ts)"
+(cd "$LOGS" && node "$TS/dist/examples/generate.js" "127.0.0.1:$GRPC_PORT" "a lighthouse" && ls out-1.png out-2.png out-3.png >/dev/null)
+
+# --- 7. the TypeScript suite
 echo "== node --test (unit + interop)"
 cd "$TS"
 IMAGEGEN_ADDRESS="127.0.0.1:$GRPC_PORT" IMAGEGEN_EMULATOR_URL="$EMU_URL" \
