@@ -130,4 +130,4 @@ echo "== example (clients/typescript/examples/generate.ts)"
 echo "== node --test (unit + interop)"
 cd "$TS"
 IMAGEGEN_ADDRESS="127.0.0.1:$GRPC_PORT" IMAGEGEN_EMULATOR_URL="$EMU_URL" \
-  node --test --test-reporter=spec dist/test/
+  node --test --test-reporter=spec --test-timeout=120000 dist/test/
