@@ -419,6 +419,18 @@ async def _trickle_body(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _stall_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(sse(chunk(image_part(DRAFT_1, thought=True))))
+    await asyncio.sleep(30)
+    return resp
+
+
+def _no_drafts(_: InlineImage) -> None:
+    pass
+
+
 @pytest.mark.parametrize(
     ("handler", "client_kw", "call_kw"),
     [
@@ -426,8 +438,17 @@ async def _trickle_body(request: web.Request) -> web.StreamResponse:
         (_sleep_long, {}, {"timeout": 0.2}),
         (_trickle_body, {}, {"timeout": 0.3}),
         (_trickle_body, {"read_timeout": 0.2}, {}),
+        (_stall_stream, {"read_timeout": 0.2}, {"on_draft": _no_drafts}),
+        (_stall_stream, {}, {"timeout": 0.3, "on_draft": _no_drafts}),
     ],
-    ids=["first-byte-read-timeout", "first-byte-call-timeout", "body-call-timeout", "body-read-timeout"],
+    ids=[
+        "first-byte-read-timeout",
+        "first-byte-call-timeout",
+        "body-call-timeout",
+        "body-read-timeout",
+        "stream-read-timeout",
+        "stream-call-timeout",
+    ],
 )
 async def test_timeouts_are_deadline_exceeded(
     upstream: Upstream, handler: Handler, client_kw: dict[str, Any], call_kw: dict[str, Any]

@@ -625,17 +625,13 @@ def test_403_and_401_are_auth(code: int, status: str, message: str) -> None:
             0,
         ),
         ("Text part is missing a thought_signature in content position 4, part position 3.", 3, 2),
-        ("Function call is missing a thought_signature in functionCall parts.", None, None),
+        ("Function call `default_api:edit` in the 2. content block is missing a `thought_signature`.", None, None),
     ],
 )
 def test_missing_thought_signature_positions_are_zero_based(
     message: str, content: int | None, part: int | None
 ) -> None:
     err = http_error(400, envelope(400, "INVALID_ARGUMENT", message))
-    if "Function call" in message:
-        # Not the "<kind> part is missing" wording: an ordinary bad argument.
-        assert err.kind is ErrorKind.INVALID_ARGUMENT
-        return
     assert err.kind is ErrorKind.MISSING_THOUGHT_SIGNATURE
     assert (err.signature_content_index, err.signature_part_index) == (content, part)
 
@@ -911,6 +907,13 @@ def test_sse_raw_json_error_body_line_by_line() -> None:
     body = json.dumps(envelope(503, "UNAVAILABLE", "overloaded {really}"), indent=2).replace("\n", "\r\n")
     (event,) = _events(body.encode())
     assert json.loads(event)["error"]["message"] == "overloaded {really}"
+
+
+def test_sse_raw_json_with_escaped_quotes_and_braces_in_strings() -> None:
+    body = {"error": {"code": 500, "message": 'a "{[" b \\', "status": "INTERNAL"}}
+    text = json.dumps(body, indent=1)
+    (event,) = _events(text.encode() + b"\n")
+    assert json.loads(event) == body
 
 
 def test_sse_raw_json_after_data_events() -> None:

@@ -16,6 +16,8 @@ caller's job. No I/O.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEError", "SSEParser"]
 
 #: Upper bound on one event. A 4K PNG is ~30 MB of base64; this leaves room for
@@ -23,6 +25,7 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEError", "SSEParser"]
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024 * 1024
 
 _IGNORED_FIELDS = ("event:", "id:", "retry:")
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class SSEError(ValueError):
@@ -52,8 +55,6 @@ class SSEParser:
         self._raw: list[str] = []
         self._raw_size = 0
         self._depth = 0
-        self._in_string = False
-        self._escaped = False
 
     def feed(self, chunk: bytes) -> list[str]:
         """Consume ``chunk`` and return the payloads it completed, in order."""
@@ -133,27 +134,13 @@ class SSEParser:
             self._raw.clear()
             self._raw_size = 0
             self._depth = 0
-            self._in_string = False
-            self._escaped = False
 
     def _track_braces(self, line: str) -> None:
-        # Braces inside JSON strings (e.g. a message quoting "{x}") must not count.
-        depth, in_string, escaped = self._depth, self._in_string, self._escaped
-        for ch in line:
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
-            elif ch == '"':
-                in_string = True
-            elif ch in "{[":
-                depth += 1
-            elif ch in "}]":
-                depth -= 1
-        self._depth, self._in_string, self._escaped = depth, in_string, escaped
+        # Braces inside JSON strings (a message quoting "{x}") must not count.
+        # JSON strings cannot span lines, so each line's strings are removed
+        # on their own; a regex keeps this fast on a 30 MB one-line body.
+        bare = _JSON_STRING_RE.sub("", line)
+        self._depth += bare.count("{") + bare.count("[") - bare.count("}") - bare.count("]")
 
     def _flush_data(self, out: list[str]) -> None:
         if self._data:

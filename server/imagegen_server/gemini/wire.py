@@ -63,11 +63,10 @@ BLOCK_FINISH_REASONS = frozenset(
 MAX_QUOTED_CHARS = 300
 
 _VERSION_RE = re.compile(r"v\d+[a-z0-9]*")
-_SIGNATURE_RE = re.compile(
-    r"(?P<kind>\w+(?: \w+)*?) part is missing a thought_signature"
-    r"(?: in content position (?P<content>\d+), part position (?P<part>\d+))?",
-    re.IGNORECASE,
-)
+#: "Image part is missing a thought_signature in content position 2, part
+#: position 1", the Text variant, and function-call wordings without positions.
+_MISSING_SIGNATURE_RE = re.compile(r"is missing an? `?thought_signature", re.IGNORECASE)
+_SIGNATURE_POSITION_RE = re.compile(r"content position (\d+), part position (\d+)", re.IGNORECASE)
 _API_KEY_MESSAGE_RE = re.compile(r"API key (?:not valid|not found|expired|invalid)", re.IGNORECASE)
 _RETRY_IN_MESSAGE_RE = re.compile(r"retry in (\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
 _DURATION_RE = re.compile(r"\s*(-?\d+(?:\.\d*)?)s\s*")
@@ -828,7 +827,7 @@ def _error_kind(code: int | None, envelope: ErrorEnvelope) -> ErrorKind:
         or (code == 400 and _API_KEY_MESSAGE_RE.search(message))
     ):
         return ErrorKind.AUTH
-    if _SIGNATURE_RE.search(message):
+    if _MISSING_SIGNATURE_RE.search(message):
         return ErrorKind.MISSING_THOUGHT_SIGNATURE
     if code == 404 or (code is None and status == "NOT_FOUND"):
         return ErrorKind.NOT_FOUND
@@ -883,12 +882,12 @@ def classify_error_envelope(
         if match:
             retry_after = float(match.group(1)) / (1000.0 if match.group(2).lower() == "ms" else 1.0)
     content_index = part_index = None
-    signature = _SIGNATURE_RE.search(envelope.message)
-    if kind is ErrorKind.MISSING_THOUGHT_SIGNATURE and signature and signature.group("content"):
+    position = _SIGNATURE_POSITION_RE.search(envelope.message)
+    if kind is ErrorKind.MISSING_THOUGHT_SIGNATURE and position:
         # Gemini counts from 1 ("content position 2" is the model turn of
         # [user, model, user]); we report 0-based indices.
-        content_index = max(0, int(signature.group("content")) - 1)
-        part_index = max(0, int(signature.group("part")) - 1)
+        content_index = max(0, int(position.group(1)) - 1)
+        part_index = max(0, int(position.group(2)) - 1)
     label = " ".join(x for x in (str(code) if code is not None else "", envelope.status) if x)
     upstream = _quote(envelope.message) if envelope.message else "(no message)"
     prefix = {
