@@ -562,15 +562,15 @@ async def test_sse_framing_and_drafts(emu: Emulator, http: aiohttp.ClientSession
     assert [bool(p.get("thought")) for p in unary.parts] == [True, True, True, False, False]
 
 
-async def test_include_thoughts_gives_one_draft_and_json_array_stream(
+async def test_include_thoughts_shows_thought_text_and_json_array_stream(
     emu: Emulator, http: aiohttp.ClientSession
 ) -> None:
     body = prompt("a fox", thinkingConfig={"includeThoughts": True})
     events = sse_events((await post(http, emu, body, stream=True)).raw)
-    assert (
-        sum(1 for e in events for p in e["candidates"][0]["content"]["parts"] if p.get("thought") and "inlineData" in p)
-        == 1
-    )
+    thoughts = [p for e in events for p in e["candidates"][0]["content"]["parts"] if p.get("thought")]
+    # A thought summary (never signed), but no draft images unless a step asks.
+    assert [list(p) for p in thoughts] == [["text", "thought"]]
+    assert events[0]["candidates"][0]["content"]["parts"] == thoughts
     # Without alt=sse, streamGenerateContent answers a JSON array of chunks.
     array = await post(http, emu, body, target=url(emu, method="streamGenerateContent"))
     chunks = array.json

@@ -114,13 +114,15 @@ async def build_answer(
         height=height,
         image_digests=call.image_digests,
     )
-    # Gemini 3 always thinks but shows it only with includeThoughts; a
-    # thoughts:N step forces N drafts so tests can exercise draft handling.
-    drafts = step.thoughts if step.thoughts is not None else int(thinks and call.include_thoughts)
+    # Gemini 3 always thinks but shows its thought summary only with
+    # includeThoughts; draft images appear only when a thoughts:N step asks
+    # for them, so plain requests stay predictable for tests.
+    drafts = step.thoughts or 0
+    if drafts or (thinks and call.include_thoughts):
+        answer.add([{"text": THOUGHT_TEXT, "thought": True}])
     for n in range(1, drafts + 1):
         png = await renderer.render(replace(key, draft=n))
-        parts = [{"text": THOUGHT_TEXT, "thought": True}] if n == 1 else []
-        answer.add([*parts, image_part(png, thought=True)])
+        answer.add([image_part(png, thought=True)])
     thought_tokens = (THOUGHT_TOKENS_BASE if thinks else 0) + THOUGHT_TOKENS_PER_DRAFT * drafts
 
     if step.outcome in {"output_blocked", "no_image", "image_other"}:

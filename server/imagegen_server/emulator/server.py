@@ -54,6 +54,11 @@ class Emulator:
         """Every generate request received, with or without a scenario."""
         return self._state.registry.total_requests
 
+    @property
+    def requests_received(self) -> int:
+        """Alias of :attr:`total_requests`."""
+        return self._state.registry.total_requests
+
     def scenario(self, *steps: str) -> Scenario:
         """Register a scenario; raise :class:`ValueError` for a step that does not parse."""
         return self._state.registry.create(steps)
