@@ -10,7 +10,6 @@ so the generated absolute imports work without post-processing. Messages get
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,9 +28,8 @@ def _plugin(name: str) -> str:
 
 def generate(out_dir: Path) -> None:
     """Run protoc with the python, grpc_python and mypy-protobuf generators."""
-    from grpc_tools import protoc  # noqa: PLC0415 - a dev-only dependency
-
     import grpc_tools
+    from grpc_tools import protoc
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     target = out_dir / "imagegen" / "v1"

@@ -62,6 +62,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     upstream URL); stop both on exit."""
     async with contextlib.AsyncExitStack() as stack:
         emulator: Emulator | None = None
+        api_key: str | None
         if config.uses_embedded_emulator:
             emulator = await stack.enter_async_context(Emulator(host="127.0.0.1", port=0))
             log.warning(
