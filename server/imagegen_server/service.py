@@ -25,7 +25,7 @@ from imagegen.v1 import image_pb2
 from imagegen_server import errors
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
-from imagegen_server.gemini.errors import UpstreamError
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
 from imagegen_server.models import MODELS
@@ -249,6 +249,13 @@ class Pipeline:
                         failure.error.kind.name,
                         failure.stop_reason,
                     )
+                    if (
+                        failure.error.kind is ErrorKind.DEADLINE_EXCEEDED
+                        and deadline is not None
+                        and self._clock.now() >= deadline - DEADLINE_MARGIN
+                    ):
+                        # Upstream was still working when the caller's time ran out.
+                        raise errors.deadline_exceeded(meta | {"attempts": str(failure.attempts)}) from None
                     raise errors.from_upstream(
                         failure.error,
                         attempts=failure.attempts,
