@@ -156,6 +156,13 @@ function normalizeAddress(address: string): string {
   return /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
 }
 
+/** The call options this wrapper passes to the generated Connect client. */
+interface ConnectCallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  headers?: HeadersInit;
+}
+
 /** Drops events of kinds this client does not know (sent by a newer server). */
 function knownEvent(event: { case: string | undefined; value?: unknown }): StreamEvent | undefined {
   return event.case === undefined ? undefined : (event as StreamEvent);
@@ -223,7 +230,7 @@ export class ImagegenClient {
 
   /**
    * Like {@link generate}, streaming progress events. Breaking out of the
-   * loop cancels the call.
+   * loop (or aborting `options.signal`) cancels the call on the server.
    *
    * ```ts
    * for await (const ev of client.generateStream({ prompt: "a fox" })) {
@@ -233,38 +240,66 @@ export class ImagegenClient {
    * ```
    */
   async *generateStream(params: GenerateParams, options: CallOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    try {
-      const stream = this.raw.generateStream(
+    yield* this.stream(options, (callOptions) =>
+      this.raw.generateStream(
         { prompt: params.prompt, inputImages: (params.inputImages ?? []).map(toImage), options: toOptions(params) },
-        this.callOptions(options),
-      );
-      for await (const res of stream) {
-        const ev = knownEvent(res.event);
-        if (ev !== undefined) yield ev;
-      }
-    } catch (err) {
-      throw toImagegenError(err);
-    }
+        callOptions,
+      ),
+    );
   }
 
   /** Like {@link refine}, streaming the same progress events as {@link generateStream}. */
   async *refineStream(params: RefineParams, options: CallOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    try {
-      const stream = this.raw.refineStream(
+    yield* this.stream(options, (callOptions) =>
+      this.raw.refineStream(
         {
           prompt: params.prompt,
           history: params.history,
           inputImages: (params.inputImages ?? []).map(toImage),
           options: toOptions(params),
         },
-        this.callOptions(options),
-      );
-      for await (const res of stream) {
-        const ev = knownEvent(res.event);
+        callOptions,
+      ),
+    );
+  }
+
+  /**
+   * Runs a server stream: yields the known events, turns failures into
+   * ImagegenErrors, and cancels the call when the consumer stops early
+   * (`break`, `return`, or an exception in the loop body). Connect's stream
+   * iterator has no `return()`, so without this an abandoned stream would stay
+   * open on the server, and its deadline timer would keep Node alive.
+   */
+  private async *stream(
+    options: CallOptions,
+    start: (callOptions: ConnectCallOptions) => AsyncIterable<{ event: { case: string | undefined; value?: unknown } }>,
+  ): AsyncGenerator<StreamEvent, void, undefined> {
+    const controller = new AbortController();
+    const onAbort = (): void => controller.abort(options.signal?.reason);
+    if (options.signal?.aborted) onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    let it: AsyncIterator<{ event: { case: string | undefined; value?: unknown } }> | undefined;
+    let finished = false;
+    try {
+      it = start({ ...this.callOptions(options), signal: controller.signal })[Symbol.asyncIterator]();
+      for (;;) {
+        const r = await it.next();
+        if (r.done === true) break;
+        const ev = knownEvent(r.value.event);
         if (ev !== undefined) yield ev;
       }
+      finished = true;
     } catch (err) {
+      finished = true;
       throw toImagegenError(err);
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+      if (!finished) {
+        // RST_STREAM(CANCEL): the server sees CANCELLED and aborts its upstream call.
+        controller.abort();
+        // One more read lets Connect settle the aborted call and clear its deadline timer.
+        await it?.next().catch(() => undefined);
+      }
     }
   }
 
@@ -288,7 +323,7 @@ export class ImagegenClient {
     this.close();
   }
 
-  private callOptions(options: CallOptions): { timeoutMs?: number; signal?: AbortSignal; headers?: HeadersInit } {
+  private callOptions(options: CallOptions): ConnectCallOptions {
     const headers = new Headers(this.headers);
     new Headers(options.headers).forEach((value, key) => headers.set(key, value));
     return {

@@ -13,6 +13,7 @@ import {
   ImagegenClient,
   ImagegenError,
   InvalidRequestError,
+  RequestCancelledError,
   Role,
   TurnSchema,
   userTurn,
@@ -30,6 +31,10 @@ const SIGNING_MODEL = "gemini-3.1-flash-image";
 
 /** Registers an emulator scenario and returns the marker to put in a prompt. */
 async function scenario(steps: string[]): Promise<string> {
+  return (await scenarioWithId(steps)).marker;
+}
+
+async function scenarioWithId(steps: string[]): Promise<{ id: string; marker: string }> {
   const res = await fetch(`${EMULATOR}/emulator/scenarios`, {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -38,7 +43,25 @@ async function scenario(steps: string[]): Promise<string> {
   assert.equal(res.status, 200, `scenario registration failed: ${await res.clone().text()}`);
   const body = (await res.json()) as { id: string; marker: string };
   assert.ok(body.marker, "scenario has a marker");
-  return body.marker;
+  return body;
+}
+
+interface ScenarioStats {
+  received: number;
+  completed: number;
+  aborted: number;
+  inFlight: number;
+}
+
+/** Polls the emulator until the scenario's stats satisfy `ok` (5 s max). */
+async function waitForStats(id: string, ok: (s: ScenarioStats) => boolean): Promise<ScenarioStats> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const stats = (await (await fetch(`${EMULATOR}/emulator/scenarios/${id}?bodies=0`)).json()) as ScenarioStats;
+    if (ok(stats)) return stats;
+    if (Date.now() > deadline) assert.fail(`emulator stats never matched: ${JSON.stringify(stats)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
@@ -206,6 +229,32 @@ describe("interop with the Python server", { skip }, () => {
     assert.equal(err.finishReason, "IMAGE_SAFETY");
     assert.equal(seen[0], "accepted");
     assert.ok(!seen.includes("completed"));
+  });
+
+  it("breaking out of a stream cancels the call and the upstream request", async () => {
+    const { id, marker } = await scenarioWithId(["latency:5"]);
+    const started = Date.now();
+    for await (const ev of client.generateStream({ prompt: `slow ${marker}` })) {
+      if (ev.case !== "attemptStarted") continue;
+      await waitForStats(id, (s) => s.received === 1); // the upstream call is in flight
+      break;
+    }
+    const stats = await waitForStats(id, (s) => s.aborted === 1);
+    assert.equal(stats.completed, 0);
+    assert.ok(Date.now() - started < 3_000, "cancelled, not waited out");
+    assert.ok((await client.listModels()).length > 0, "client still usable");
+  });
+
+  it("aborting the signal cancels a unary call", async () => {
+    const { id, marker } = await scenarioWithId(["latency:5"]);
+    const ac = new AbortController();
+    const call = client.generate({ prompt: `slow ${marker}` }, { signal: ac.signal });
+    await waitForStats(id, (s) => s.received === 1);
+    ac.abort();
+    const err = await expectError(call);
+    assert.ok(err instanceof RequestCancelledError, `${err.name}: ${err.message}`);
+    assert.equal(err.code, Code.Canceled);
+    await waitForStats(id, (s) => s.aborted === 1);
   });
 
   it("validation errors carry BadRequest field violations", async () => {
