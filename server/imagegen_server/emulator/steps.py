@@ -1,17 +1,56 @@
 """The scenario step grammar: ``"latency:0.2+rate_limit:0.5"`` -> :class:`Step`.
 
-A step is one or more ``+``-joined components, each ``name`` or ``name:arg``.
-Components fall into three groups:
+A step is one or more ``+``-joined components, each ``name`` or ``name:arg``:
+at most one *outcome* (``ok`` when none is given) plus any modifiers. Steps
+are parsed when a scenario is registered, so a typo fails the test that wrote
+it instead of silently answering ``ok``.
 
-* one *outcome* (what the answer is): ``ok`` (the default), an HTTP fault such
-  as ``rate_limit`` or ``overloaded``, or a 200 without an image such as
-  ``prompt_blocked``;
-* *delivery* modifiers: ``latency:S``, ``slow_body:S``, ``cut_body``;
-* *content* modifiers for answers that carry candidates: ``thoughts:N``,
-  ``bad_json``, ``bad_base64``, ``not_image``.
+Outcomes answered with an HTTP error (Gemini's JSON envelope):
 
-Steps are parsed when a scenario is registered, so a typo fails the test that
-wrote it instead of silently answering ``ok``.
+==========================  ==========================================================
+``rate_limit[:S]``          429 with Help, QuotaFailure (per minute), RetryInfo ``S``
+                            (default 1 s; fractional allowed, e.g. ``"0.2s"``)
+``rate_limit_bare``         429 without details
+``rate_limit_help_only``    429 with only a Help detail (no retry hint)
+``quota_daily[:S]``         429, QuotaFailure ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``
+                            (still with a RetryInfo, default 30 s, as Gemini does)
+``retry_after_header:S``    bare 429 plus a ``Retry-After: S`` header, as a proxy adds
+``internal``                500 INTERNAL
+``bad_gateway[:html]``      502 (JSON; ``:html`` sends a Google front end HTML page)
+``overloaded[:demand]``     503 UNAVAILABLE, "model is overloaded" (or "high demand")
+``timeout``                 504 DEADLINE_EXCEEDED
+``not_found``               404 NOT_FOUND for the requested model
+``unknown_field``           400 with a BadRequest (``outputMimeType`` unknown)
+``invalid_argument``        400 "Request contains an invalid argument."
+``failed_precondition``     400 FAILED_PRECONDITION (free tier / billing text)
+``bad_key``                 400 ``API_KEY_INVALID`` with ErrorInfo + LocalizedMessage
+``no_key``                  403 PERMISSION_DENIED
+==========================  ==========================================================
+
+Outcomes answered with HTTP 200:
+
+==========================  ==========================================================
+``ok``                      text (if TEXT was asked) + the signed final image
+``prompt_blocked[:REASON]`` no candidates, ``promptFeedback.blockReason`` (PROHIBITED_CONTENT)
+``output_blocked[:REASON]`` a candidate without content, ``finishReason`` (IMAGE_SAFETY)
+``text_only``               ``finishReason: STOP`` with only a text refusal
+``no_image``                ``finishReason: NO_IMAGE``
+``image_other``             ``finishReason: IMAGE_OTHER``
+==========================  ==========================================================
+
+Modifiers:
+
+==========================  ==========================================================
+``latency:S``               wait S seconds before answering
+``slow_body:S``             send headers and part of the body (all SSE events but the
+                            last), then the rest after S seconds
+``cut_body``                send part of the body, then close the connection
+``thoughts:N``              N ``thought: true`` draft images before the answer (SSE:
+                            in earlier events); with ``ok`` or a no-image 200 outcome
+``bad_json``                the (last) JSON body or event is cut in half
+``bad_base64``              the final image's ``data`` is not base64 (``ok`` only)
+``not_image``               valid base64 of bytes that are not a PNG (``ok`` only)
+==========================  ==========================================================
 """
 
 from __future__ import annotations
