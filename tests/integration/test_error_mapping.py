@@ -12,6 +12,7 @@ import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
@@ -180,15 +181,20 @@ async def test_cancel_aborts_the_upstream_request(stub: Stub, emulator: Emulator
 async def test_shutdown_drains_in_flight_calls_and_refuses_new_ones(
     make_server: ServerFactory, emulator: Emulator
 ) -> None:
-    slow = emulator.scenario("latency:0.5+ok")
+    slow = emulator.scenario("latency:0.6+ok")
     async with make_server(shutdown_grace=5.0) as server, grpc.aio.insecure_channel(server.target) as channel:
         stub = Stub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = asyncio.ensure_future(stub.Generate(pb.GenerateRequest(prompt=f"x {slow.marker}"), timeout=10))
         await asyncio.sleep(0.2)
-        server.pipeline.draining = True  # what shutdown() does first
-        d = await fail(stub, "new call")
-        assert (d.code, d.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
         stopping = asyncio.ensure_future(server.shutdown(grace=5.0))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(pb.GenerateRequest(prompt="a new call"), timeout=2)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        watch.cancel()  # an open Watch stream would hold the server for the whole grace
         response = await in_flight
         assert response.generation.image.data  # the in-flight call finished within the grace
         await stopping

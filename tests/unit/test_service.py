@@ -1,0 +1,131 @@
+"""The servicer and pipeline with a fake upstream: edge cases hard to reach over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import grpc
+import pytest
+from PIL import Image as PILImage
+
+from imagegen.v1 import image_generation_service_pb2 as pb
+from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
+from imagegen_server.config import ServerConfig
+from imagegen_server.gemini.types import InlineImage, Part, UpstreamRequest, UpstreamResult, Usage
+from imagegen_server.service import ImageGenerationServicer, Pipeline
+from tests.integration.status_helpers import details_of
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (4, 4)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class FakeUpstream:
+    """Answers after ``delay`` seconds, or raises ``error``; records requests."""
+
+    def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.delay = delay
+        self.error = error
+        self.requests: list[UpstreamRequest] = []
+        self.cancelled = 0
+
+    async def generate(
+        self,
+        request: UpstreamRequest,
+        *,
+        timeout: float | None = None,
+        on_draft: Callable[[InlineImage], None] | None = None,
+    ) -> UpstreamResult:
+        self.requests.append(request)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+        image = InlineImage(_png(), "image/png")
+        return UpstreamResult(
+            image=image,
+            width=4,
+            height=4,
+            thought_signature=b"sig",
+            text="",
+            finish_reason="STOP",
+            usage=Usage(),
+            model_version="fake",
+            response_id="r",
+            parts=(Part(image=image, thought_signature=b"sig"),),
+        )
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def stub(upstream: FakeUpstream) -> AsyncIterator[pb_grpc.ImageGenerationServiceStub]:
+    config = replace(ServerConfig(), heartbeat_interval=0.05)
+    server = grpc.aio.server()
+    pb_grpc.add_ImageGenerationServiceServicer_to_server(
+        ImageGenerationServicer(Pipeline(config, upstream), config), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.ImageGenerationServiceStub(channel)
+    finally:
+        await server.stop(None)
+
+
+async def test_unexpected_exception_is_internal_without_python_text(
+    stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
+) -> None:
+    upstream.error = ZeroDivisionError("secret internals")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(pb.GenerateRequest(prompt="x", options=pb.GenerationOptions(request_id="req-9")))
+    d = details_of(info.value)
+    assert (d.code, d.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert "secret" not in d.message and "ZeroDivision" not in d.message
+    assert d.metadata["requestId"] == "req-9"
+
+
+async def test_heartbeats_while_upstream_is_slow(
+    stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
+) -> None:
+    upstream.delay = 0.3
+    events = [e.WhichOneof("event") async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x"))]
+    assert events[:2] == ["accepted", "attempt_started"]
+    assert events.count("heartbeat") >= 3
+    assert events[-1] == "completed"
+
+
+async def test_stream_cancel_cancels_upstream_and_leaks_no_task(
+    stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
+) -> None:
+    upstream.delay = 10
+    baseline = len(asyncio.all_tasks())
+    call = stub.GenerateStream(pb.GenerateStreamRequest(prompt="x"))
+    assert (await call.read()).WhichOneof("event") == "accepted"
+    assert (await call.read()).WhichOneof("event") == "attempt_started"
+    call.cancel()
+    for _ in range(200):
+        if upstream.cancelled:
+            break
+        await asyncio.sleep(0.005)
+    assert upstream.cancelled == 1
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_seed_and_model_turn_round_trip(stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream) -> None:
+    r = await stub.Generate(pb.GenerateRequest(prompt="x", options=pb.GenerationOptions(seed=0)))
+    assert upstream.requests[0].seed == 0 and r.generation.seed == 0
+    assert r.generation.model_turn.parts[0].thought_signature == b"sig"
