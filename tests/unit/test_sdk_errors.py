@@ -246,7 +246,9 @@ class _FakeRpcError(grpc.RpcError):
 
 def test_mismatched_status_still_yields_details() -> None:
     status = FakeError.rate_limited(retry_after=3.0).to_status()
-    err = _FakeRpcError(S.RESOURCE_EXHAUSTED, "a different message", (("grpc-status-details-bin", status.SerializeToString()),))
+    err = _FakeRpcError(
+        S.RESOURCE_EXHAUSTED, "a different message", (("grpc-status-details-bin", status.SerializeToString()),)
+    )
     error = from_grpc_error(err)
     assert isinstance(error, imagegen.RateLimitError)
     assert error.retry_after == 3.0
