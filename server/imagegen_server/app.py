@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,6 +23,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
+from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
 from imagegen_server.service import ImageGenerationServicer, Pipeline
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class RunningServer:
     emulator: Emulator | None
     upstream_url: str
     shutdown_grace: float
+    metrics: Metrics
+    #: Port of the ``/metrics`` endpoint, when enabled.
+    metrics_port: int | None
 
     @property
     def target(self) -> str:
@@ -74,16 +79,27 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             upstream_url, api_key = config.upstream_url or GOOGLE_BASE_URL, config.api_key
             log.info("upstream Gemini at %s (%s)", upstream_url, config.api_version)
         client = await stack.enter_async_context(GeminiClient(upstream_url, api_key, api_version=config.api_version))
-        pipeline = Pipeline(config, client)
+        metrics = Metrics()
+        pipeline = Pipeline(config, client, metrics=metrics)
+        metrics_port: int | None = None
+        if config.metrics_port is not None:
+            runner = web.AppRunner(metrics_app(metrics), access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, config.host, config.metrics_port)
+            await site.start()
+            metrics_port = int(runner.addresses[0][1])
+            log.info("metrics on http://%s:%d/metrics", config.host, metrics_port)
 
         server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(metrics)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 # Let long-lived streams through proxies: accept client pings every 10 s.
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         pb_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(pipeline, config), server)
         health_servicer = health.aio.HealthServicer()
@@ -103,6 +119,8 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             emulator=emulator,
             upstream_url=upstream_url,
             shutdown_grace=config.shutdown_grace,
+            metrics=metrics,
+            metrics_port=metrics_port,
         )
         log.info("imagegen listening on %s (default model %s)", running.target, config.default_model)
         try:

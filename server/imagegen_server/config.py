@@ -61,6 +61,8 @@ class ServerConfig:
     heartbeat_interval: float = 5.0
     #: Grace period for in-flight calls on shutdown.
     shutdown_grace: float = 10.0
+    #: Serve Prometheus metrics on this port (``GET /metrics``); None = off, 0 = a free port.
+    metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
     max_message_bytes: int = 64 * 1024 * 1024
     #: Limits for validation.
@@ -145,5 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")
     p.add_argument("--idempotency-ttl", dest="idempotency_ttl", type=float, help="request-id result TTL, seconds")
     p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, help="stream heartbeat, seconds")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     return p

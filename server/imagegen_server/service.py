@@ -29,6 +29,7 @@ from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
 from imagegen_server.models import MODELS
+from imagegen_server.observability import Metrics
 from imagegen_server.retry import (
     MONOTONIC_CLOCK,
     Clock,
@@ -81,9 +82,10 @@ class _Done:
 class _EventQueue:
     """Retry observer and draft sink that turns callbacks into queued events."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None) -> None:
         self.queue: asyncio.Queue[Event | _Done] = asyncio.Queue()
         self._drafts = 0
+        self._metrics = metrics
 
     def attempt_started(self, attempt: int, max_attempts: int) -> None:
         self._drafts = 0
@@ -91,6 +93,10 @@ class _EventQueue:
 
     def attempt_failed(self, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
         code, reason = errors.upstream_status(error)
+        if self._metrics is not None:
+            self._metrics.upstream_attempts.labels(error.kind.name).inc()
+            if decision.will_retry:
+                self._metrics.retry_wait_seconds.inc(decision.delay)
         self.queue.put_nowait(
             pb.AttemptFailed(
                 attempt=attempt,
@@ -122,8 +128,10 @@ class Pipeline:
         upstream: Upstream,
         *,
         clock: Clock = MONOTONIC_CLOCK,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._upstream = upstream
         self._clock = clock
         self._policy = RetryPolicy(
@@ -209,7 +217,7 @@ class Pipeline:
                 aspect_ratio=validated.aspect_ratio,
                 image_size=validated.image_size,
             )
-            sink = _EventQueue()
+            sink = _EventQueue(self._metrics)
             upstream_request = validated.upstream
             if previews:
                 upstream_request = _with_thoughts(upstream_request)
@@ -270,6 +278,8 @@ class Pipeline:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
             elapsed = self._clock.now() - start
+            if self._metrics is not None:
+                self._metrics.upstream_attempts.labels("ok").inc()
             log.info(
                 "generation %s done: model=%s attempts=%d %.2fs",
                 generation_id,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +18,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen.v1 import image_pb2
 from imagegen_server.app import RunningServer
 from imagegen_server.emulator import Emulator
+from tests.conftest import ServerFactory
 
 Stub = pb_grpc.ImageGenerationServiceStub
 
@@ -181,3 +184,28 @@ async def test_large_input_image_above_grpc_default_limit(stub: Stub) -> None:
         )
     ).generation
     assert g.image.data
+
+
+async def test_metrics_and_access_log(
+    make_server: ServerFactory, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    flaky = emulator.scenario("overloaded", "ok")
+    async with make_server(metrics_port=0) as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = Stub(channel)
+        await stub.Generate(
+            pb.GenerateRequest(prompt=f"x {flaky.marker}", options=pb.GenerationOptions(request_id="m1"))
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Generate(pb.GenerateRequest(prompt=""))
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+    assert 'imagegen_rpcs_total{code="OK",method="Generate"} 1.0' in text
+    assert 'imagegen_rpcs_total{code="INVALID_ARGUMENT",method="Generate"} 1.0' in text
+    assert 'imagegen_upstream_attempts_total{outcome="UNAVAILABLE"} 1.0' in text
+    assert 'imagegen_upstream_attempts_total{outcome="ok"} 1.0' in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]
+    assert any(line.startswith("Generate OK") and "requestId=m1" in line for line in lines)
+    assert any(line.startswith("Generate INVALID_ARGUMENT") for line in lines)
+    assert all(emulator.api_key not in r.getMessage() for r in caplog.records)

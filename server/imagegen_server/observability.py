@@ -1,0 +1,159 @@
+"""Access logs and Prometheus metrics for every RPC, as one server interceptor.
+
+Each RPC gets one log line (method, status code, duration, request and
+generation ids; never request bodies or the API key) and is counted in a
+per-server :class:`Metrics` registry, served over HTTP by :func:`metrics_app`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("imagegen_server.access")
+
+
+class Metrics:
+    """The server's Prometheus metrics, in their own registry (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "imagegen_rpcs", "Finished RPCs by method and status code.", ["method", "code"], registry=self.registry
+        )
+        self.rpc_seconds = Histogram(
+            "imagegen_rpc_duration_seconds",
+            "RPC wall time by method.",
+            ["method"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("imagegen_rpcs_in_flight", "RPCs being served.", ["method"], registry=self.registry)
+        self.upstream_attempts = Counter(
+            "imagegen_upstream_attempts",
+            "Upstream Gemini attempts by outcome (ok or the failure kind).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.retry_wait_seconds = Counter(
+            "imagegen_retry_wait_seconds", "Seconds spent waiting between upstream attempts.", registry=self.registry
+        )
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """An aiohttp app serving ``GET /metrics``."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
+
+
+def _request_id(request: Any, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+    options = getattr(request, "options", None)
+    rid = getattr(options, "request_id", "") if options is not None else ""
+    if rid:
+        return str(rid)
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:128]
+    return ""
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Logs and counts every unary and server-streaming RPC."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._wrap_unary(method, handler.unary_unary))  # type: ignore[attr-defined, no-any-return]
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._wrap_stream(method, handler.unary_stream))  # type: ignore[attr-defined, no-any-return]
+        return handler
+
+    def _wrap_unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = self._start(method)
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                code = _code_name(context, exc)
+                raise
+            finally:
+                self._finish(method, code, started, request, context)
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = self._start(method)
+            code = "OK"
+            try:
+                messages = inner(request, context)
+                if inspect.isawaitable(messages):
+                    # A handler that streams with context.write() (e.g. health Watch).
+                    await messages
+                else:
+                    async for message in messages:
+                        yield message
+            except BaseException as exc:
+                code = _code_name(context, exc)
+                raise
+            finally:
+                self._finish(method, code, started, request, context)
+
+        return wrapper
+
+    def _start(self, method: str) -> float:
+        self._metrics.in_flight.labels(method).inc()
+        return time.monotonic()
+
+    def _finish(
+        self, method: str, code: str, started: float, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        elapsed = time.monotonic() - started
+        self._metrics.in_flight.labels(method).dec()
+        self._metrics.rpcs.labels(method, code).inc()
+        self._metrics.rpc_seconds.labels(method).observe(elapsed)
+        log.info(
+            "%s %s %.3fs requestId=%s",
+            method,
+            code,
+            elapsed,
+            _request_id(request, context.invocation_metadata()) or "-",  # type: ignore[arg-type]
+        )
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> str:
+    import asyncio
+
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN"
