@@ -215,6 +215,7 @@ def _emit_result(
 
 
 def _run_stream(stream: EventStream, output: Path, args: argparse.Namespace, out: TextIO) -> GenerationResult:
+    output.parent.mkdir(parents=True, exist_ok=True)  # previews are saved next to the output
     reporter = make_reporter(out, json_lines=args.json)
     previews = 0
     try:

@@ -395,12 +395,20 @@ class FakeServer:
     Use as a context manager (or :meth:`start` / :meth:`stop`); :attr:`target` is
     the ``host:port`` to pass to a client. With ``health=True`` (and
     grpcio-health-checking installed) it also serves ``grpc.health.v1``.
+    ``max_message_bytes`` sets the server's send and receive limits.
     """
 
-    def __init__(self, servicer: FakeServicer | None = None, *, health: bool = False) -> None:
+    def __init__(
+        self,
+        servicer: FakeServicer | None = None,
+        *,
+        health: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         #: The servicer answering calls; push replies on it.
         self.servicer = servicer or FakeServicer()
         self._health = health
+        self._max_message_bytes = max_message_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
@@ -413,8 +421,8 @@ class FakeServer:
 
     async def _start(self) -> int:
         options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", self._max_message_bytes),
+            ("grpc.max_receive_message_length", self._max_message_bytes),
         ]
         server = grpc.aio.server(options=options)
         service_grpc.add_ImageGenerationServiceServicer_to_server(self.servicer, server)

@@ -265,9 +265,10 @@ def test_stream_plain_lines(server: FakeServer, tmp_path: Path, capsys: pytest.C
     assert server.servicer.calls[-1].method == "GenerateStream"
 
 
-def test_stream_json_lines(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stream_json_lines(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server.servicer.push(_stream_script())
-    assert run("generate", "a fox", "-o", "fox.png", "--stream", "--json", "--target", server.target) == 0
+    assert run("generate", "a fox", "-o", "out/fox.png", "--stream", "--json", "--target", server.target) == 0
+    assert (tmp_path / "out" / "fox.preview-2.png").exists()
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["event"] for e in events] == [
         "accepted",
@@ -280,8 +281,8 @@ def test_stream_json_lines(server: FakeServer, capsys: pytest.CaptureFixture[str
         "completed",
     ]
     assert events[2]["code"] == "RESOURCE_EXHAUSTED" and events[2]["retry_delay"] == 4.0
-    assert events[5]["path"] == "fox.preview-1.png"
-    assert events[-1]["path"] == "fox.png" and events[-1]["attempts"] == 2
+    assert events[5]["path"] == str(Path("out/fox.preview-1.png"))
+    assert events[-1]["path"] == str(Path("out/fox.png")) and events[-1]["attempts"] == 2
 
 
 def test_stream_refine_and_stream_error(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:

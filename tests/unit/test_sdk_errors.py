@@ -222,12 +222,14 @@ def test_connection_refused_is_unavailable() -> None:
     assert info.value.status is None and info.value.reason == ""
 
 
-def test_message_too_large_is_invalid_request(server: FakeServer) -> None:
+def test_message_too_large_is_invalid_request() -> None:
     with (
-        imagegen.Client(server.target, timeout=10, options=[("grpc.max_send_message_length", -1)]) as client,
-        pytest.raises(imagegen.InvalidRequestError),
+        FakeServer(max_message_bytes=1024 * 1024) as small,
+        imagegen.Client(small.target, timeout=10) as client,
+        pytest.raises(imagegen.InvalidRequestError) as info,
     ):
-        client.generate("x", input_images=[b"\x00" * (65 * 1024 * 1024)])
+        client.generate("x", input_images=[b"\x00" * (2 * 1024 * 1024)])
+    assert info.value.code is S.RESOURCE_EXHAUSTED and not info.value.reason
 
 
 class _FakeRpcError(grpc.RpcError):
