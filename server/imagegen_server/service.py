@@ -14,7 +14,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
@@ -178,7 +178,8 @@ class Pipeline:
                 ) from None
             if not owner:
                 # A duplicate: share the first request's result, no second upstream call.
-                yield await self._await_shared(shared, meta)
+                # Shielded: one duplicate hanging up must not cancel the owner's future.
+                yield await asyncio.shield(shared)
                 return
             try:
                 async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
@@ -191,12 +192,6 @@ class Pipeline:
             return
         async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
             yield event
-
-    async def _await_shared(
-        self, shared: asyncio.Future[image_pb2.Generation], meta: Mapping[str, str]
-    ) -> image_pb2.Generation:
-        # Shielded: one follower hanging up must not cancel the owner's future.
-        return await asyncio.shield(shared)
 
     async def _generate(
         self,
@@ -220,7 +215,8 @@ class Pipeline:
             sink = _EventQueue(self._metrics)
             upstream_request = validated.upstream
             if previews:
-                upstream_request = _with_thoughts(upstream_request)
+                # Ask for thought images so drafts can be forwarded as previews.
+                upstream_request = replace(upstream_request, include_thoughts=True)
             on_draft = sink.draft if previews else None
 
             async def attempt(timeout: float | None) -> UpstreamResult:
@@ -312,12 +308,6 @@ def _for_followers(exc: BaseException, meta: Mapping[str, str]) -> BaseException
         "DUPLICATE_CANCELLED",
         meta,
     )
-
-
-def _with_thoughts(request: UpstreamRequest) -> UpstreamRequest:
-    from dataclasses import replace
-
-    return replace(request, include_thoughts=True)
 
 
 def _finish_reason(name: str) -> image_pb2.FinishReason.ValueType:
