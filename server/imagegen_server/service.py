@@ -27,6 +27,7 @@ from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
+from imagegen_server.gemini.wire import probe_image
 from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
 from imagegen_server.models import MODELS
 from imagegen_server.observability import Metrics
@@ -110,9 +111,12 @@ class _EventQueue:
 
     def draft(self, image: InlineImage) -> None:
         self._drafts += 1
-        self.queue.put_nowait(
-            pb.Preview(image=image_pb2.Image(data=image.data, mime_type=image.mime_type), index=self._drafts)
-        )
+        try:
+            _, width, height = probe_image(image.data, image.mime_type)
+        except ValueError:  # the client already dropped undecodable drafts; be safe anyway
+            width = height = 0
+        preview = image_pb2.Image(data=image.data, mime_type=image.mime_type, width=width, height=height)
+        self.queue.put_nowait(pb.Preview(image=preview, index=self._drafts))
 
 
 class Pipeline:

@@ -92,6 +92,7 @@ async def test_stream_forwards_draft_previews_but_returns_the_final_image(stub: 
     events = [e async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt=f"a fox {scenario.marker}"))]
     previews = [e.preview for e in events if e.WhichOneof("event") == "preview"]
     assert [p.index for p in previews] == [1, 2]
+    assert all(decode(p.image).size == (p.image.width, p.image.height) for p in previews)
     final = events[-1].completed
     assert all(p.image.data != final.image.data for p in previews)
     assert all(not p.thought for p in final.model_turn.parts)
