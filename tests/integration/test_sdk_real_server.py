@@ -92,18 +92,20 @@ async def test_rate_limit_retry_after_and_block_side(client: imagegen.AsyncClien
 
 async def test_overloaded_and_shutting_down(make_server: ServerFactory, emulator: Emulator) -> None:
     slow = emulator.scenario("latency:1+ok")
-    async with make_server(max_concurrency=1, queue_timeout=0.05) as server:
-        async with imagegen.AsyncClient(server.target, timeout=10) as client:
-            first = asyncio.ensure_future(client.generate(f"x {slow.marker}"))
-            await asyncio.sleep(0.2)
-            with pytest.raises(imagegen.RateLimitError) as overloaded:
-                await client.generate("y")
-            assert overloaded.value.reason == "OVERLOADED" and overloaded.value.retry_after
-            server.pipeline.draining = True
-            with pytest.raises(imagegen.UnavailableError) as draining:
-                await client.generate("z")
-            assert draining.value.reason == "SHUTTING_DOWN"
-            assert (await first).image.data
+    async with (
+        make_server(max_concurrency=1, queue_timeout=0.05) as server,
+        imagegen.AsyncClient(server.target, timeout=10) as client,
+    ):
+        first = asyncio.ensure_future(client.generate(f"x {slow.marker}"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(imagegen.RateLimitError) as overloaded:
+            await client.generate("y")
+        assert overloaded.value.reason == "OVERLOADED" and overloaded.value.retry_after
+        server.pipeline.draining = True
+        with pytest.raises(imagegen.UnavailableError) as draining:
+            await client.generate("z")
+        assert draining.value.reason == "SHUTTING_DOWN"
+        assert (await first).image.data
 
 
 async def test_stream_events_through_the_sdk(client: imagegen.AsyncClient, emulator: Emulator) -> None:
