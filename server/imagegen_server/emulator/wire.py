@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..imagetypes import SUPPORTED_INPUT_TYPES, sniff_mime_type
 from ..models import ModelSpec
 from . import errors
 from .errors import ApiError
@@ -130,13 +131,8 @@ def decode_base64(text: str) -> bytes | None:
 
 
 def looks_like_image(data: bytes) -> bool:
-    """True when ``data`` starts like a PNG, JPEG, WebP or HEIF file."""
-    return (
-        data.startswith(b"\x89PNG\r\n\x1a\n")
-        or data.startswith(b"\xff\xd8\xff")
-        or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
-        or data[4:8] == b"ftyp"
-    )
+    """True when ``data`` starts like an image type Gemini accepts as input."""
+    return sniff_mime_type(data) in SUPPORTED_INPUT_TYPES
 
 
 def _bytes_field(value: Any, path: str) -> bytes:

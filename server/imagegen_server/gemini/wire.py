@@ -26,6 +26,7 @@ from typing import Any
 
 from imagegen_server.gemini.errors import ErrorKind, FieldViolation, QuotaViolation, UpstreamError
 from imagegen_server.gemini.types import InlineImage, Part, UpstreamRequest, UpstreamResult, Usage
+from imagegen_server.imagetypes import sniff_mime_type
 
 __all__ = [
     "BLOCK_FINISH_REASONS",
@@ -259,15 +260,7 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def _sniff(data: bytes) -> str:
-    if data.startswith(_PNG_MAGIC):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return ""
+    return sniff_mime_type(data) or ""
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
