@@ -21,6 +21,10 @@ from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 #: The ErrorInfo domain of every error this service emits.
 DOMAIN = "imagegen.dev"
 
+#: The longest RetryInfo delay we pass on; a proxy's Retry-After date decades
+#: ahead is garbage, not advice.
+MAX_RETRY_DELAY = 24 * 3600.0
+
 #: Upstream error kind -> (gRPC code, ErrorInfo reason).
 _KIND_STATUS: Mapping[ErrorKind, tuple[grpc.StatusCode, str]] = {
     ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_ARGUMENT"),
@@ -105,7 +109,8 @@ def build(
             info.metadata[key] = value
     status.details.add().Pack(info)
     if retry_delay is not None:
-        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration(retry_delay)))
+        delay = duration(min(retry_delay, MAX_RETRY_DELAY))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     violations = list(field_violations)
     if violations:
         bad = error_details_pb2.BadRequest()
