@@ -144,14 +144,3 @@ def test_history_problems_are_named() -> None:
 
 def test_refine_needs_history() -> None:
     assert "history" in fails(pb.RefineRequest(prompt="x"), history=[])
-
-
-def test_retry_info_delay_is_capped() -> None:
-    from google.rpc import error_details_pb2 as details
-
-    from imagegen_server import errors
-
-    err = errors.build(grpc.StatusCode.RESOURCE_EXHAUSTED, "m", "R", retry_delay=2.3e9)
-    info = details.RetryInfo()
-    assert any(d.Unpack(info) for d in err.status.details)
-    assert info.retry_delay.seconds == errors.MAX_RETRY_DELAY
