@@ -96,14 +96,16 @@ class ServerConfig:
 
 
 def _coerce(name: str, raw: str) -> object:
-    default = getattr(ServerConfig(), name)
-    if isinstance(default, bool):
+    """Parse an environment value by the field's declared type (``int | None`` -> int)."""
+    declared = {f.name: str(f.type) for f in fields(ServerConfig)}[name]
+    base = declared.split("|", 1)[0].strip()
+    if base == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
+    if base == "int":
         return int(raw)
-    if isinstance(default, float):
+    if base == "float":
         return float(raw)
-    if isinstance(default, tuple):
+    if base.startswith("tuple"):
         return tuple(x.strip() for x in raw.split(",") if x.strip())
     return raw
 

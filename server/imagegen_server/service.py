@@ -240,7 +240,8 @@ class Pipeline:
             try:
                 while True:
                     try:
-                        item = await asyncio.wait_for(sink.queue.get(), self._config.heartbeat_interval)
+                        async with asyncio.timeout(self._config.heartbeat_interval):
+                            item = await sink.queue.get()
                     except TimeoutError:
                         yield pb.Heartbeat(elapsed=errors.duration(self._clock.now() - start))
                         continue
@@ -296,7 +297,8 @@ class Pipeline:
         if deadline is not None:
             wait = min(wait, max(deadline - self._clock.now(), 0.0))
         try:
-            await asyncio.wait_for(self._slots.acquire(), wait)
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
         except TimeoutError:
             raise errors.overloaded(max(self._config.queue_timeout, 1.0), meta) from None
 

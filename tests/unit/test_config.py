@@ -1,0 +1,44 @@
+"""Configuration from flags and environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegen_server.config import ServerConfig
+
+
+def test_defaults_use_the_embedded_emulator() -> None:
+    config = ServerConfig.from_args([], env={})
+    assert config.uses_embedded_emulator
+    assert config.default_model == "gemini-3.1-flash-image"
+    assert config.port == 50051 and config.metrics_port is None
+
+
+def test_flags_beat_environment_and_key_comes_from_env_only() -> None:
+    env = {
+        "IMAGEGEN_PORT": "6000",
+        "IMAGEGEN_MAX_ATTEMPTS": "5",
+        "IMAGEGEN_METRICS_PORT": "9100",
+        "IMAGEGEN_STRICT_CONSTRAINTS": "false",
+        "IMAGEGEN_ALLOWED_MODELS": "gemini-3-pro-image, gemini-3.1-flash-image",
+        "IMAGEGEN_INITIAL_BACKOFF": "0.5",
+        "GOOGLE_API_KEY": "k-from-google-env",
+    }
+    config = ServerConfig.from_args(["--port", "7000", "--upstream-url", "http://127.0.0.1:1"], env=env)
+    assert config.port == 7000
+    assert config.max_attempts == 5 and config.metrics_port == 9100 and config.initial_backoff == 0.5
+    assert config.strict_constraints is False
+    assert config.allowed_models == ("gemini-3-pro-image", "gemini-3.1-flash-image")
+    assert config.api_key == "k-from-google-env"
+    assert not config.uses_embedded_emulator
+    assert "k-from-google-env" not in repr(config)
+
+
+def test_gemini_api_key_wins_over_google_api_key() -> None:
+    config = ServerConfig.from_args([], env={"GEMINI_API_KEY": "a", "GOOGLE_API_KEY": "b"})
+    assert config.api_key == "a"
+
+
+def test_there_is_no_api_key_flag() -> None:
+    with pytest.raises(SystemExit):
+        ServerConfig.from_args(["--api-key", "x"], env={})
