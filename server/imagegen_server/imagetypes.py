@@ -1,6 +1,15 @@
-"""Recognise image formats from their leading bytes (magic numbers)."""
+"""Image-format knowledge: recognise formats from their leading bytes and read their pixel size.
+
+:func:`sniff_mime_type` names the format from its magic number;
+:func:`probe_image` checks bytes against a stated media type and reads the
+width and height from the header (PNG, JPEG, WebP, GIF parsed here, other
+``image/*`` types through Pillow).
+"""
 
 from __future__ import annotations
+
+import struct
+import zlib
 
 #: Media types Gemini accepts as input images.
 SUPPORTED_INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
@@ -37,3 +46,154 @@ def same_type(declared: str, detected: str) -> bool:
     norm = {"image/jpg": "image/jpeg", "image/heic": "image/heif"}
     declared = declared.strip().lower()
     return norm.get(declared, declared) == norm.get(detected, detected)
+
+
+#: Stated media types whose headers probe_image reads itself, by alias -> canonical name.
+_CANONICAL_MIME = {
+    "image/png": "image/png",
+    "image/jpeg": "image/jpeg",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/webp": "image/webp",
+    "image/gif": "image/gif",
+}
+
+_PNG_IEND = b"IEND\xaeB`\x82"
+# SOFn markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ValueError("PNG without an IHDR chunk")
+    (length,) = struct.unpack(">I", data[8:12])
+    if length != 13:
+        raise ValueError("PNG IHDR has the wrong length")
+    (crc,) = struct.unpack(">I", data[29:33])
+    if zlib.crc32(data[12:29]) != crc:
+        raise ValueError("PNG IHDR checksum mismatch")
+    # A PNG cut short loses its IEND trailer; allow a little trailing junk.
+    if _PNG_IEND not in data[-64:]:
+        raise ValueError("PNG is truncated (no IEND chunk)")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos, end = 2, len(data)
+    while pos < end:
+        if data[pos] != 0xFF:
+            raise ValueError("JPEG segment does not start with a marker")
+        while pos < end and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= end:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("JPEG has no frame header before its scan")
+        if pos + 2 > end:
+            break
+        (length,) = struct.unpack(">H", data[pos : pos + 2])
+        if length < 2:
+            raise ValueError("JPEG segment length is invalid")
+        if marker in _JPEG_SOF:
+            if pos + 7 > end:
+                break
+            height, width = struct.unpack(">HH", data[pos + 3 : pos + 7])
+            return width, height
+        pos += length
+    raise ValueError("JPEG is truncated before its frame header")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise ValueError("WebP too short")
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    if riff_size + 8 > len(data):
+        raise ValueError("WebP is truncated")
+    chunk, payload = data[12:16], data[20:]
+    if chunk == b"VP8 ":
+        if payload[3:6] != b"\x9d\x01\x2a":
+            raise ValueError("WebP VP8 frame has no start code")
+        width, height = struct.unpack("<HH", payload[6:10])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        if payload[0] != 0x2F:
+            raise ValueError("WebP VP8L has no signature")
+        (bits,) = struct.unpack("<I", payload[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(payload[4:7], "little") + 1
+        height = int.from_bytes(payload[7:10], "little") + 1
+        return width, height
+    raise ValueError(f"WebP with unknown first chunk {chunk!r}")
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 10:
+        raise ValueError("GIF too short")
+    width, height = struct.unpack("<HH", data[6:10])
+    return width, height
+
+
+def _pillow_size(data: bytes, mime_type: str) -> tuple[int, int]:
+    # Only for types we do not parse ourselves; Image.open reads the header
+    # only, so this is cheap enough for the event loop.
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            found = Image.MIME.get(img.format or "", "")
+            size: tuple[int, int] = img.size
+    except Exception as exc:  # Pillow raises many types for unreadable data
+        raise ValueError(f"bytes are not a readable {mime_type} image ({type(exc).__name__})") from None
+    if found and found != mime_type:
+        raise ValueError(f"stated {mime_type} but the bytes are {found}")
+    return size
+
+
+_PROBES = {
+    "image/png": _png_size,
+    "image/jpeg": _jpeg_size,
+    "image/webp": _webp_size,
+    "image/gif": _gif_size,
+}
+
+
+def probe_image(data: bytes, mime_type: str) -> tuple[str, int, int]:
+    """Check ``data`` is an image of ``mime_type``; return (canonical type, width, height).
+
+    PNG, JPEG, WebP and GIF headers are read directly (no decoding, so it is
+    fast on a 4K image); other ``image/*`` types go through Pillow. An empty
+    ``mime_type`` means "whatever the bytes are". Raises ``ValueError`` when
+    the bytes are not an image of the stated type.
+    """
+    stated = mime_type.split(";", 1)[0].strip().lower()
+    sniffed = sniff_mime_type(data) or ""
+    if not stated:
+        if not sniffed:
+            raise ValueError("no mimeType and the bytes are not a known image format")
+        stated = sniffed
+    if not stated.startswith("image/"):
+        raise ValueError(f"mimeType {mime_type!r} is not an image type")
+    canonical = _CANONICAL_MIME.get(stated, stated)
+    probe = _PROBES.get(canonical)
+    if probe is None:
+        if sniffed:
+            raise ValueError(f"stated {canonical} but the bytes are {sniffed}")
+        width, height = _pillow_size(data, canonical)
+    else:
+        if sniffed != canonical:
+            raise ValueError(f"stated {canonical} but the bytes are {sniffed or 'not a known image format'}")
+        try:
+            width, height = probe(data)
+        except (struct.error, IndexError) as exc:
+            raise ValueError(f"{canonical} header is truncated ({exc})") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{canonical} has an empty size {width}x{height}")
+    return canonical, width, height

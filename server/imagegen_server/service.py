@@ -27,8 +27,8 @@ from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
-from imagegen_server.gemini.wire import probe_image
 from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
+from imagegen_server.imagetypes import probe_image
 from imagegen_server.models import MODELS
 from imagegen_server.observability import Metrics
 from imagegen_server.retry import (

@@ -4,8 +4,10 @@ One :class:`GeminiClient` owns one ``aiohttp.ClientSession`` for the life of
 the process. :meth:`GeminiClient.generate` makes one HTTP call and returns an
 :class:`~imagegen_server.gemini.types.UpstreamResult` or raises exactly one
 :class:`~imagegen_server.gemini.errors.UpstreamError`; retrying is the retry
-loop's job, not this module's. JSON building and classification live in
-:mod:`imagegen_server.gemini.wire`, SSE framing in
+loop's job, not this module's. The request JSON is built by
+:mod:`imagegen_server.gemini.request`, answers are classified by
+:mod:`imagegen_server.gemini.response` and
+:mod:`imagegen_server.gemini.failures`, and SSE framing is
 :mod:`imagegen_server.gemini.sse`.
 
 The API key travels only in the ``x-goog-api-key`` header. It is never put in
@@ -25,8 +27,10 @@ from typing import Final, TypeVar
 
 import aiohttp
 
-from imagegen_server.gemini import wire
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+from imagegen_server.gemini.failures import classify_http_error
+from imagegen_server.gemini.request import build_url, encode_request
+from imagegen_server.gemini.response import ResponseAccumulator, parse_response
 from imagegen_server.gemini.sse import SSEError, SSEParser
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 
@@ -76,7 +80,7 @@ class GeminiClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
         # Fail on a bad version now, not on the first request.
-        wire.build_url(base_url, api_version, "probe", stream=False)
+        build_url(base_url, api_version, "probe", stream=False)
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self._api_version = api_version.strip("/")
@@ -161,10 +165,10 @@ class GeminiClient:
         HTTP request is aborted at once.
         """
         stream = on_draft is not None
-        url = wire.build_url(self._base_url, self._api_version, request.model, stream=stream)
+        url = build_url(self._base_url, self._api_version, request.model, stream=stream)
         body = await self._in_thread_if(
             sum(len(p.image.data) for c in request.contents for p in c.parts if p.image) > _THREAD_THRESHOLD,
-            wire.encode_request,
+            encode_request,
             request,
         )
         started = time.monotonic()
@@ -258,8 +262,8 @@ class GeminiClient:
                 model=model,
             ) from None
         if not 200 <= status < 300:
-            raise wire.classify_http_error(status, raw, _plain(resp_headers), model=model, reason_phrase=reason)
-        return await self._in_thread_if(len(raw) > _THREAD_THRESHOLD, wire.parse_response, raw, model=model)
+            raise classify_http_error(status, raw, _plain(resp_headers), model=model, reason_phrase=reason)
+        return await self._in_thread_if(len(raw) > _THREAD_THRESHOLD, parse_response, raw, model=model)
 
     async def _read_stream(
         self,
@@ -268,7 +272,7 @@ class GeminiClient:
         on_draft: DraftCallback,
     ) -> UpstreamResult:
         parser = SSEParser()
-        acc = wire.ResponseAccumulator(model=model, streaming=True)
+        acc = ResponseAccumulator(model=model, streaming=True)
         try:
             async for chunk in resp.content.iter_any():
                 for payload in parser.feed(chunk):
@@ -280,7 +284,7 @@ class GeminiClient:
         logger.debug("Gemini stream ended after %d events", acc.chunks)
         return acc.result()
 
-    async def _stream_event(self, acc: wire.ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
+    async def _stream_event(self, acc: ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
         drafts = await self._in_thread_if(len(payload) > _THREAD_THRESHOLD, acc.add_json, payload)
         for draft in drafts:
             logger.debug("Gemini draft image: %s, %d bytes", draft.mime_type, len(draft.data))
