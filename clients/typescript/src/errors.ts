@@ -5,7 +5,7 @@
  * serialized `google.rpc.Status` in the `grpc-status-details-bin` trailer:
  * exactly one `ErrorInfo` (domain `imagegen.dev`), plus `RetryInfo`,
  * `QuotaFailure`, `BadRequest` or `ResourceInfo` where they apply (see the
- * error table in docs/contracts.md). {@link toImagegenError} turns that into
+ * error table in the README). {@link toImagegenError} turns that into
  * one class per meaning, mirroring the Python SDK's exceptions:
  *
  * | class                    | gRPC code            | ErrorInfo reasons                                  |
