@@ -129,8 +129,10 @@ def invalid_request(violations: Iterable[FieldViolation], metadata: Mapping[str,
     """INVALID_ARGUMENT for our own validation, one BadRequest violation per field."""
     violations = list(violations)
     names = ", ".join(v.field for v in violations)
-    first = violations[0].description if violations else "invalid request"
-    message = f"invalid request: {names}: {first}" if len(violations) == 1 else f"invalid request fields: {names}"
+    if len(violations) == 1:
+        message = f"{names}: {violations[0].description}"
+    else:
+        message = f"{len(violations)} invalid fields: {names} (see BadRequest details)"
     return build(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_REQUEST", metadata, field_violations=violations)
 
 
