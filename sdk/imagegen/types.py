@@ -212,6 +212,24 @@ class Turn:
         return tuple(p.image for p in self.parts if p.image is not None and not p.thought)
 
 
+def image_turn(turn: Turn, image: Image) -> Turn:
+    """``turn`` with the final image's bytes put back into its byte-less image part.
+
+    The server sends the final image once, in ``Generation.image``; the model
+    turn's part for it has the mime type and size only. A turn that already has
+    its bytes (e.g. restored from JSON) is returned unchanged.
+    """
+    if not any(p.image is not None and not p.image.data and not p.thought for p in turn.parts):
+        return turn
+    parts = tuple(
+        Part(image=image, thought_signature=p.thought_signature, thought=p.thought)
+        if p.image is not None and not p.image.data and not p.thought
+        else p
+        for p in turn.parts
+    )
+    return Turn(role=turn.role, parts=parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token accounting reported by the upstream model."""
@@ -286,9 +304,10 @@ class GenerationResult:
 
     @classmethod
     def from_proto(cls, message: image_pb2.Generation) -> GenerationResult:
-        """Build from an ``imagegen.v1.Generation`` message."""
+        """Build from an ``imagegen.v1.Generation`` message; the model turn comes back complete."""
+        image = Image.from_proto(message.image)
         return cls(
-            image=Image.from_proto(message.image),
+            image=image,
             generation_id=message.generation_id,
             seed=message.seed,
             model=message.model,
@@ -301,7 +320,7 @@ class GenerationResult:
             usage=Usage.from_proto(message.usage),
             aspect_ratio=message.aspect_ratio,
             image_size=message.image_size,
-            model_turn=Turn.from_proto(message.model_turn, default_role="model"),
+            model_turn=image_turn(Turn.from_proto(message.model_turn, default_role="model"), image),
             request_id=message.request_id,
             response_id=message.response_id,
             raw=message,

@@ -329,7 +329,11 @@ def _generation(
     turn = image_pb2.Turn(role=image_pb2.ROLE_MODEL)
     for part in result.parts:
         out = turn.parts.add(thought_signature=part.thought_signature or b"", thought=part.thought)
-        if part.image is not None:
+        if part.image is not None and part.image.data == result.image.data:
+            # The final image: its bytes travel once, in Generation.image (see the proto).
+            out.image.mime_type = part.image.mime_type
+            out.image.width, out.image.height = result.width, result.height
+        elif part.image is not None:
             out.image.data = part.image.data
             out.image.mime_type = part.image.mime_type
         elif part.text is not None:

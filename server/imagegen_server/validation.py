@@ -156,7 +156,10 @@ def _check_image(
     image: image_pb2.Image, path: str, config: ServerConfig, bad: list[FieldViolation]
 ) -> InlineImage | None:
     if not image.data:
-        bad.append(FieldViolation(f"{path}.data", "must not be empty"))
+        hint = ""
+        if path.startswith("history["):
+            hint = " (a Generation.model_turn omits the final image's bytes: copy them from Generation.image.data)"
+        bad.append(FieldViolation(f"{path}.data", "must not be empty" + hint))
         return None
     if len(image.data) > config.max_input_image_bytes:
         bad.append(FieldViolation(f"{path}.data", f"must be at most {config.max_input_image_bytes} bytes"))

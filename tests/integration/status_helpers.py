@@ -8,6 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from imagegen.v1 import image_pb2
+
 
 @dataclass
 class Details:
@@ -45,3 +47,14 @@ def details_of(err: grpc.aio.AioRpcError) -> Details:
         elif any_.Unpack(quota):
             out.quota_subjects = [v.subject for v in quota.violations]
     return out
+
+
+def history_turn(generation: image_pb2.Generation) -> image_pb2.Turn:
+    """``generation.model_turn`` with the final image's bytes filled in, as a
+    raw-proto caller must do before a Refine (the SDKs do it for you)."""
+    turn = image_pb2.Turn()
+    turn.CopyFrom(generation.model_turn)
+    for part in turn.parts:
+        if part.WhichOneof("data") == "image" and not part.image.data and not part.thought:
+            part.image.data = generation.image.data
+    return turn

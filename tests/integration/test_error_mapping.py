@@ -19,7 +19,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen.v1 import image_pb2
 from imagegen_server.emulator import Emulator
 from tests.conftest import ServerFactory
-from tests.integration.status_helpers import Details, details_of
+from tests.integration.status_helpers import Details, details_of, history_turn
 
 Stub = pb_grpc.ImageGenerationServiceStub
 
@@ -219,8 +219,7 @@ async def test_shutdown_cancels_calls_beyond_the_grace(make_server: ServerFactor
 
 async def test_missing_signature_upstream_names_the_history_part(stub: Stub, emulator: Emulator) -> None:
     first = await stub.Generate(pb.GenerateRequest(prompt="a cat", options=pb.GenerationOptions(seed=1)))
-    model_turn = image_pb2.Turn()
-    model_turn.CopyFrom(first.generation.model_turn)
+    model_turn = history_turn(first.generation)
     for part in model_turn.parts:
         if part.WhichOneof("data") == "image":
             part.thought_signature = b"corrupted"

@@ -19,6 +19,7 @@ from imagegen.v1 import image_pb2
 from imagegen_server.app import RunningServer
 from imagegen_server.emulator import Emulator
 from tests.conftest import ServerFactory
+from tests.integration.status_helpers import details_of, history_turn
 
 Stub = pb_grpc.ImageGenerationServiceStub
 
@@ -43,6 +44,9 @@ async def test_generate_returns_a_real_png_at_the_models_pixel_size(stub: Stub) 
     assert g.usage.total_tokens > 0 and g.inference_time.ToNanoseconds() > 0
     image_parts = [p for p in g.model_turn.parts if p.WhichOneof("data") == "image"]
     assert [p.thought_signature for p in image_parts] == [g.thought_signature]
+    # The final image's bytes travel once: the model turn's part has its type and size only.
+    assert (image_parts[0].image.data, image_parts[0].image.mime_type) == (b"", "image/png")
+    assert (image_parts[0].image.width, image_parts[0].image.height) == (2752, 1536)
 
 
 async def test_seed_zero_is_a_real_seed_and_seeds_are_deterministic(stub: Stub) -> None:
@@ -113,8 +117,6 @@ async def test_stream_failure_ends_with_the_unary_status(stub: Stub, emulator: E
             seen.append(event.WhichOneof("event"))
     assert seen[:2] == ["accepted", "attempt_started"]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    from tests.integration.status_helpers import details_of
-
     assert details_of(info.value).reason == "CONTENT_BLOCKED"
 
 
@@ -122,19 +124,19 @@ async def test_refine_three_turns_keeps_signatures(stub: Stub, emulator: Emulato
     """Fails if a signature is lost: the emulator enforces them like Gemini 3 does."""
     options = pb.GenerationOptions(model="gemini-3.1-flash-image", image_size="512", seed=3)
     first = (await stub.Generate(pb.GenerateRequest(prompt="a cat", options=options))).generation
-    history = [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]), first.model_turn]
+    history = [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]), history_turn(first)]
     images = [first.image.data]
     for prompt in ("make it blue", "add a hat"):
         g = (await stub.Refine(pb.RefineRequest(prompt=prompt, history=history, options=options))).generation
         images.append(g.image.data)
-        history += [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text=prompt)]), g.model_turn]
+        history += [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text=prompt)]), history_turn(g)]
     assert len(set(images)) == 3
     assert len(history) == 6
 
 
 async def test_refine_stream(stub: Stub) -> None:
     first = (await stub.Generate(pb.GenerateRequest(prompt="a cat"))).generation
-    history = [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]), first.model_turn]
+    history = [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]), history_turn(first)]
     events = [e async for e in stub.RefineStream(pb.RefineStreamRequest(prompt="make it blue", history=history))]
     assert events[0].WhichOneof("event") == "accepted"
     assert events[-1].WhichOneof("event") == "completed"
@@ -210,3 +212,13 @@ async def test_metrics_and_access_log(
     assert any(line.startswith("Generate OK") and "requestId=m1" in line for line in lines)
     assert any(line.startswith("Generate INVALID_ARGUMENT") for line in lines)
     assert all(emulator.api_key not in r.getMessage() for r in caplog.records)
+
+
+async def test_model_turn_without_its_image_bytes_is_rejected_with_a_hint(stub: Stub) -> None:
+    first = (await stub.Generate(pb.GenerateRequest(prompt="a cat"))).generation
+    history = [image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]), first.model_turn]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Refine(pb.RefineRequest(prompt="make it blue", history=history))
+    fields = details_of(info.value).fields
+    (field,) = [f for f in fields if f.startswith("history[1]")]
+    assert field.endswith(".image.data") and "Generation.image.data" in fields[field]

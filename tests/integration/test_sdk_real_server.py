@@ -25,6 +25,7 @@ async def test_generate_through_the_sdk(client: imagegen.AsyncClient) -> None:
     result = await client.generate("a red fox", width=1024, height=1024, seed=7)
     assert PILImage.open(io.BytesIO(result.image.data)).size == (1024, 1024)
     assert (result.seed, result.image.width, result.image.height) == (7, 1024, 1024)
+    assert result.model_turn.images[0].data == result.image.data  # the SDK completes the model turn
     again = await client.generate("a red fox", width=1024, height=1024, seed=7)
     other = await client.generate("a red fox", width=1024, height=1024, seed=8)
     assert again.image.data == result.image.data != other.image.data

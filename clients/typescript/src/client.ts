@@ -165,7 +165,26 @@ interface ConnectCallOptions {
 
 /** Drops events of kinds this client does not know (sent by a newer server). */
 function knownEvent(event: { case: string | undefined; value?: unknown }): StreamEvent | undefined {
-  return event.case === undefined ? undefined : (event as StreamEvent);
+  if (event.case === undefined) return undefined;
+  const ev = event as StreamEvent;
+  if (ev.case === "completed") completeModelTurn(ev.value);
+  return ev;
+}
+
+/**
+ * Puts the final image's bytes back into `generation.modelTurn`. The server
+ * sends them once, in `generation.image.data`; the model turn's part for that
+ * image carries only its mime type and size. After this the turn can go into
+ * a Refine history as is. Idempotent; the bytes are shared, not copied.
+ */
+export function completeModelTurn(generation: Generation): Generation {
+  const data = generation.image?.data;
+  for (const part of generation.modelTurn?.parts ?? []) {
+    if (data !== undefined && part.data.case === "image" && !part.thought && part.data.value.data.length === 0) {
+      part.data.value.data = data;
+    }
+  }
+  return generation;
 }
 
 /**
@@ -338,7 +357,7 @@ export class ImagegenClient {
       // A server bug, not a caller error: surface it like any INTERNAL status.
       throw toImagegenError(new Error("server returned a response without a generation"));
     }
-    return generation;
+    return completeModelTurn(generation);
   }
 }
 

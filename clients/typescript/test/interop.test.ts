@@ -17,6 +17,7 @@ import {
   Role,
   TurnSchema,
   userTurn,
+  completeModelTurn,
   type Generation,
   type StreamEvent,
   type Turn,
@@ -116,6 +117,17 @@ describe("interop with the Python server", { skip }, () => {
     assert.equal(gen.aspectRatio, "16:9");
     assert.ok(gen.attempts >= 1);
     assert.ok(gen.modelTurn && gen.modelTurn.role === Role.MODEL, "model turn returned");
+    const imagePart = gen.modelTurn.parts.find((p) => p.data.case === "image");
+    assert.ok(imagePart?.data.case === "image" && imagePart.data.value.data === gen.image!.data, "turn completed");
+  });
+
+  it("the raw response sends the final image once; completeModelTurn restores the turn", async () => {
+    const res = await client.raw.generate({ prompt: "a red fox" });
+    const gen = res.generation!;
+    const bare = gen.modelTurn!.parts.find((p) => p.data.case === "image");
+    assert.ok(bare?.data.case === "image" && bare.data.value.data.length === 0, "no second copy on the wire");
+    completeModelTurn(gen);
+    assert.ok(bare.data.value.data === gen.image!.data);
   });
 
   it("GenerateStream reports a scripted 429, the retry, and the image", async () => {

@@ -328,9 +328,12 @@ class Generation(_message.Message):
 
     @_builtins.property
     def model_turn(self) -> Global___Turn:
-        """The model's turn exactly as it must appear in a later Refine history:
-        every non-thought part in order, each with its thought signature. Append
-        the user turn you sent and this turn to continue the conversation.
+        """The model's turn as it must appear in a later Refine history: every
+        non-thought part in order, each with its thought signature. The final
+        image's part carries its mime type and size but not its bytes, which are
+        in `image.data` (sending them twice would double every response): set that
+        part's `image.data` from `image.data` before passing the turn back. The
+        SDKs return the turn complete, so their callers never do this.
         """
 
     def __init__(
