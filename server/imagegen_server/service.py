@@ -278,6 +278,10 @@ class Pipeline:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                elif not task.cancelled():
+                    # Finished while the caller was leaving: read its outcome so
+                    # asyncio does not log "Task exception was never retrieved".
+                    task.exception()
             elapsed = self._clock.now() - start
             if self._metrics is not None:
                 self._metrics.upstream_attempts.labels("ok").inc()
