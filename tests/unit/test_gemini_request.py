@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from imagegen_server.gemini.request import build_request_body, build_url, encode_request
 from imagegen_server.gemini.response import parse_response
 from imagegen_server.gemini.types import Content, InlineImage, Part, UpstreamRequest
-
-MODEL = "gemini-3-pro-image-preview"
-
-
-def _image(fmt: str, size: tuple[int, int] = (8, 6), mode: str = "RGB", **save: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, (200, 30, 60) if mode == "RGB" else (200, 30, 60, 128)).save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-PNG = _image("PNG", (64, 48))
-JPEG = _image("JPEG", (40, 30))
-SIG_A = bytes(range(256))
-SIG_B = b"\x00\xff sig B \xfe\x01"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def inline(data: bytes, mime: str = "image/png", **extra: Any) -> dict[str, Any]:
-    return {"inlineData": {"mimeType": mime, "data": b64(data)}, **extra}
-
-
-def ok_body(parts: list[dict[str, Any]], finish: str = "STOP", **extra: Any) -> dict[str, Any]:
-    return {
-        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
-        "usageMetadata": {
-            "promptTokenCount": 266,
-            "candidatesTokenCount": 1120,
-            "totalTokenCount": 1650,
-            "thoughtsTokenCount": 264,
-        },
-        "modelVersion": MODEL,
-        "responseId": "Il0taoSYJ5Cez7",
-        **extra,
-    }
+from tests.unit.gemini_samples import JPEG, MODEL, PNG, SIG_A, SIG_B, b64, inline, ok_body
 
 
 def _request(**kw: Any) -> UpstreamRequest:

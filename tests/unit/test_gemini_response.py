@@ -6,60 +6,32 @@ Response shapes follow the shared gemini-api.md sections 3-5.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.response import BLOCK_FINISH_REASONS, ResponseAccumulator, decode_base64, parse_response
 from imagegen_server.gemini.types import InlineImage
-
-MODEL = "gemini-3-pro-image-preview"
-
-
-def _image(fmt: str, size: tuple[int, int] = (8, 6), mode: str = "RGB", **save: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, (200, 30, 60) if mode == "RGB" else (200, 30, 60, 128)).save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-PNG = _image("PNG", (64, 48))
-DRAFT_PNG = _image("PNG", (16, 12))
-JPEG = _image("JPEG", (40, 30))
-JPEG_PROGRESSIVE = _image("JPEG", (33, 17), progressive=True)
-WEBP_LOSSY = _image("WEBP", (20, 10), quality=50)
-WEBP_LOSSLESS = _image("WEBP", (21, 11), lossless=True)
-WEBP_ALPHA = _image("WEBP", (22, 12), mode="RGBA", quality=50)
-GIF = _image("GIF", (9, 7))
-BMP = _image("BMP", (5, 3))
-SIG_A = bytes(range(256))
-SIG_B = b"\x00\xff sig B \xfe\x01"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def inline(data: bytes, mime: str = "image/png", **extra: Any) -> dict[str, Any]:
-    return {"inlineData": {"mimeType": mime, "data": b64(data)}, **extra}
-
-
-def ok_body(parts: list[dict[str, Any]], finish: str = "STOP", **extra: Any) -> dict[str, Any]:
-    return {
-        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
-        "usageMetadata": {
-            "promptTokenCount": 266,
-            "candidatesTokenCount": 1120,
-            "totalTokenCount": 1650,
-            "thoughtsTokenCount": 264,
-        },
-        "modelVersion": MODEL,
-        "responseId": "Il0taoSYJ5Cez7",
-        **extra,
-    }
+from tests.unit.gemini_samples import (
+    BMP,
+    DRAFT_PNG,
+    GIF,
+    JPEG,
+    JPEG_PROGRESSIVE,
+    MODEL,
+    PNG,
+    SIG_A,
+    SIG_B,
+    WEBP_ALPHA,
+    WEBP_LOSSLESS,
+    WEBP_LOSSY,
+    b64,
+    inline,
+    make_image,
+    ok_body,
+)
 
 
 def expect_error(body: Any) -> UpstreamError:
@@ -85,7 +57,7 @@ def test_success_skips_thought_drafts_and_keeps_signed_parts() -> None:
         [
             {"text": "Planning the hat", "thought": True},
             {**inline(DRAFT_PNG), "thought": True},
-            {**inline(_image("PNG", (17, 13))), "thought": True},
+            {**inline(make_image("PNG", (17, 13))), "thought": True},
             {"text": "Here is your cat with a wizard hat.", "thoughtSignature": b64(SIG_A)},
             {**inline(PNG), "thoughtSignature": b64(SIG_B)},
         ]
@@ -106,7 +78,7 @@ def test_success_skips_thought_drafts_and_keeps_signed_parts() -> None:
         ("Here is your cat with a wizard hat.", False, SIG_A),
         (None, True, SIG_B),
     ]
-    assert [d.data for d in result.drafts] == [DRAFT_PNG, _image("PNG", (17, 13))]
+    assert [d.data for d in result.drafts] == [DRAFT_PNG, make_image("PNG", (17, 13))]
     assert all(not p.thought for p in result.parts)
 
 
@@ -138,7 +110,7 @@ def test_missing_mime_type_is_sniffed() -> None:
     assert parse_response(body).image.mime_type == "image/webp"
 
 
-def test_text_first_with_signature_then_image() -> None:
+def test_text_first_with_signature_thenmake_image() -> None:
     result = parse_response(
         ok_body([{"text": "A cat.", "thoughtSignature": b64(SIG_A)}, {**inline(PNG), "thoughtSignature": "c2ln"}])
     )

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import io
-from typing import Any
-
 import pytest
-from PIL import Image
 
 from imagegen_server.imagetypes import probe_image
-
-
-def _image(fmt: str, size: tuple[int, int] = (8, 6), mode: str = "RGB", **save: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, (200, 30, 60) if mode == "RGB" else (200, 30, 60, 128)).save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-PNG = _image("PNG", (64, 48))
-JPEG = _image("JPEG", (40, 30))
-JPEG_PROGRESSIVE = _image("JPEG", (33, 17), progressive=True)
-WEBP_LOSSY = _image("WEBP", (20, 10), quality=50)
-WEBP_LOSSLESS = _image("WEBP", (21, 11), lossless=True)
-WEBP_ALPHA = _image("WEBP", (22, 12), mode="RGBA", quality=50)
-GIF = _image("GIF", (9, 7))
-BMP = _image("BMP", (5, 3))
+from tests.unit.gemini_samples import (
+    BMP,
+    GIF,
+    JPEG,
+    JPEG_PROGRESSIVE,
+    PNG,
+    WEBP_ALPHA,
+    WEBP_LOSSLESS,
+    WEBP_LOSSY,
+)
 
 
 def test_probe_image_rejects_non_images() -> None:
