@@ -84,6 +84,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wrap the method's handler so it is logged and counted."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

@@ -58,7 +58,9 @@ class Upstream(Protocol):
         *,
         timeout: float | None = None,
         on_draft: Callable[[InlineImage], None] | None = None,
-    ) -> UpstreamResult: ...
+    ) -> UpstreamResult:
+        """One upstream call; raises UpstreamError on failure."""
+        ...
 
 
 Event: TypeAlias = pb.Accepted | pb.AttemptStarted | pb.AttemptFailed | pb.Heartbeat | pb.Preview | image_pb2.Generation

@@ -30,12 +30,23 @@ class GenerationMessage(Protocol):
     """What Generate, GenerateStream, Refine and RefineStream requests share."""
 
     @property
-    def prompt(self) -> str: ...
+    def prompt(self) -> str:
+        """What to draw, or the edit to make."""
+        ...
+
     @property
-    def input_images(self) -> Sequence[image_pb2.Image]: ...
+    def input_images(self) -> Sequence[image_pb2.Image]:
+        """Reference images for this turn."""
+        ...
+
     @property
-    def options(self) -> GenerationOptions: ...
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
+    def options(self) -> GenerationOptions:
+        """Model, size, seed and idempotency options."""
+        ...
+
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes:
+        """The wire bytes (used to fingerprint idempotent requests)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

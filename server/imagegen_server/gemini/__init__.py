@@ -1,0 +1,1 @@
+"""The upstream Gemini REST client: request building, response and failure parsing, SSE."""
