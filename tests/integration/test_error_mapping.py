@@ -229,3 +229,37 @@ async def test_missing_signature_upstream_names_the_history_part(stub: Stub, emu
     d = details_of(info.value)
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT
     assert d.reason in {"MISSING_THOUGHT_SIGNATURE", "UPSTREAM_INVALID_ARGUMENT"}
+
+
+async def test_stream_hang_up_aborts_the_upstream_request(stub: Stub, emulator: Emulator) -> None:
+    scenario = emulator.scenario("latency:5+ok")
+    call = stub.GenerateStream(pb.GenerateStreamRequest(prompt=f"x {scenario.marker}"), timeout=10)
+    assert (await call.read()).WhichOneof("event") == "accepted"
+    assert (await call.read()).WhichOneof("event") == "attempt_started"
+    for _ in range(100):
+        if scenario.stats.received:
+            break
+        await asyncio.sleep(0.01)
+    call.cancel()
+    for _ in range(100):
+        if scenario.stats.aborted:
+            break
+        await asyncio.sleep(0.005)
+    assert (scenario.stats.aborted, scenario.stats.completed) == (1, 0)
+
+
+async def test_retry_budget_stops_an_outage_from_multiplying_load(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    outage = emulator.scenario("overloaded")
+    async with (
+        make_server(retry_budget_tokens=4, retry_budget_ratio=0.1) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = Stub(channel)
+        attempts = [int((await fail(stub, f"x {outage.marker}")).metadata["attempts"]) for _ in range(4)]
+    # The first request may retry; once the shared bucket is half empty, failures
+    # are returned at once instead of being retried against the struggling upstream.
+    assert attempts[0] > 1
+    assert attempts[-1] == 1
+    assert outage.stats.received == sum(attempts) < 4 * 3
