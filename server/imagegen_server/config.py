@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")
     p.add_argument("--idempotency-ttl", dest="idempotency_ttl", type=float, help="request-id result TTL, seconds")
     p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, help="stream heartbeat, seconds")
+    p.add_argument(
+        "--max-message-bytes",
+        dest="max_message_bytes",
+        type=int,
+        help="gRPC message size limit, both directions (default 64 MiB)",
+    )
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     return p
