@@ -54,9 +54,12 @@ class GenerationOptions(_message.Message):
     picks one and reports it.
     """
     request_id: _builtins.str
-    """Caller-chosen idempotency key. Concurrent requests with the same id share
-    one upstream call, and a repeat within the server's TTL gets the finished
-    result instead of a second paid generation.
+    """Caller-chosen idempotency key (at most 128 printable characters).
+    Concurrent requests with the same id share one upstream call, and a
+    repeat within the server's TTL gets the finished result instead of a
+    second paid generation (a duplicate stream gets only the `completed`
+    event). Failures are not remembered. Reusing an id for a different
+    request is INVALID_ARGUMENT.
     """
     def __init__(
         self,
