@@ -184,8 +184,8 @@ class Pipeline:
                 ) from None
             if not owner:
                 # A duplicate: share the first request's result, no second upstream call.
-                # Shielded: one duplicate hanging up must not cancel the owner's future.
-                yield await asyncio.shield(shared)
+                async for event in self._follow(shared, start):
+                    yield event
                 return
             try:
                 async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
@@ -198,6 +198,19 @@ class Pipeline:
             return
         async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
             yield event
+
+    async def _follow(self, shared: asyncio.Future[image_pb2.Generation], start: float) -> AsyncIterator[Event]:
+        """Wait for another request's result, with heartbeats so a stream stays alive."""
+        while True:
+            try:
+                async with asyncio.timeout(self._config.heartbeat_interval):
+                    # Shielded: one duplicate hanging up must not cancel the owner's future.
+                    generation = await asyncio.shield(shared)
+            except TimeoutError:
+                yield pb.Heartbeat(elapsed=errors.duration(self._clock.now() - start))
+                continue
+            yield generation
+            return
 
     async def _generate(
         self,

@@ -129,3 +129,17 @@ async def test_seed_and_model_turn_round_trip(stub: pb_grpc.ImageGenerationServi
     r = await stub.Generate(pb.GenerateRequest(prompt="x", options=pb.GenerationOptions(seed=0)))
     assert upstream.requests[0].seed == 0 and r.generation.seed == 0
     assert r.generation.model_turn.parts[0].thought_signature == b"sig"
+
+
+async def test_duplicate_stream_gets_heartbeats_then_the_shared_result(
+    stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
+) -> None:
+    upstream.delay = 0.3
+    options = pb.GenerationOptions(request_id="same")
+    owner = stub.Generate(pb.GenerateRequest(prompt="x", options=options))
+    await asyncio.sleep(0.05)
+    events = [e async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x", options=options))]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "completed" and set(kinds[:-1]) == {"heartbeat"} and len(kinds) >= 3
+    assert events[-1].completed.generation_id == (await owner).generation.generation_id
+    assert len(upstream.requests) == 1

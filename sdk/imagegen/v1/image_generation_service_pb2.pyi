@@ -57,8 +57,8 @@ class GenerationOptions(_message.Message):
     """Caller-chosen idempotency key (at most 128 printable characters).
     Concurrent requests with the same id share one upstream call, and a
     repeat within the server's TTL gets the finished result instead of a
-    second paid generation (a duplicate stream gets only the `completed`
-    event). Failures are not remembered. Reusing an id for a different
+    second paid generation (a duplicate stream gets heartbeats, then the
+    `completed` event). Failures are not remembered. Reusing an id for a different
     request is INVALID_ARGUMENT.
     """
     def __init__(
