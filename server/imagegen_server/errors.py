@@ -142,12 +142,11 @@ def from_upstream(
     attempts: int,
     retry_delay: float | None,
     metadata: Mapping[str, str],
-    history_offset: int = 0,
 ) -> ServiceError:
     """The final status for an upstream failure after the retry loop gave up.
 
-    ``history_offset`` maps Gemini's content positions back to our request's
-    ``history`` indices (a missing signature names a history part).
+    A missing signature names a history part: Gemini's ``contents`` are our
+    ``history`` followed by the new user turn, so content index i is ``history[i]``.
     """
     code, reason = upstream_status(error)
     meta = dict(metadata)
@@ -171,7 +170,7 @@ def from_upstream(
             delay = None
         case ErrorKind.MISSING_THOUGHT_SIGNATURE:
             if error.signature_content_index is not None:
-                turn = error.signature_content_index - history_offset
+                turn = error.signature_content_index
                 part = error.signature_part_index or 0
                 violations.append(
                     FieldViolation(

@@ -253,40 +253,12 @@ class Pipeline:
             )
             task.add_done_callback(lambda _: sink.queue.put_nowait(_Done()))
             try:
-                while True:
-                    try:
-                        async with asyncio.timeout(self._config.heartbeat_interval):
-                            item = await sink.queue.get()
-                    except TimeoutError:
-                        yield pb.Heartbeat(elapsed=errors.duration(self._clock.now() - start))
-                        continue
-                    if isinstance(item, _Done):
-                        break
-                    yield item
+                async for event in self._progress(sink, start):
+                    yield event
                 try:
                     outcome = task.result()
                 except RetryFailure as failure:
-                    log.info(
-                        "generation %s failed after %d attempt(s): %s (%s)",
-                        generation_id,
-                        failure.attempts,
-                        failure.error.kind.name,
-                        failure.stop_reason,
-                    )
-                    if (
-                        failure.error.kind is ErrorKind.DEADLINE_EXCEEDED
-                        and deadline is not None
-                        and self._clock.now() >= deadline - DEADLINE_MARGIN
-                    ):
-                        # Upstream was still working when the caller's time ran out.
-                        raise errors.deadline_exceeded(meta | {"attempts": str(failure.attempts)}) from None
-                    raise errors.from_upstream(
-                        failure.error,
-                        attempts=failure.attempts,
-                        retry_delay=failure.retry_delay,
-                        metadata=meta,
-                        history_offset=0,
-                    ) from None
+                    raise self._final_error(failure, generation_id, deadline, meta) from None
             finally:
                 if not task.done():
                     # The caller hung up or the deadline hit: abort the upstream HTTP request now.
@@ -311,7 +283,44 @@ class Pipeline:
         finally:
             self._slots.release()
 
+    async def _progress(self, sink: _EventQueue, start: float) -> AsyncIterator[Event]:
+        """Forward the retry loop's events until it finishes, with heartbeats while quiet."""
+        while True:
+            try:
+                async with asyncio.timeout(self._config.heartbeat_interval):
+                    item = await sink.queue.get()
+            except TimeoutError:
+                yield pb.Heartbeat(elapsed=errors.duration(self._clock.now() - start))
+                continue
+            if isinstance(item, _Done):
+                return
+            yield item
+
+    def _final_error(
+        self, failure: RetryFailure, generation_id: str, deadline: float | None, meta: Mapping[str, str]
+    ) -> ServiceError:
+        """The status for a request whose retry loop gave up."""
+        log.info(
+            "generation %s failed after %d attempt(s): %s (%s)",
+            generation_id,
+            failure.attempts,
+            failure.error.kind.name,
+            failure.stop_reason,
+        )
+        if (
+            failure.error.kind is ErrorKind.DEADLINE_EXCEEDED
+            and deadline is not None
+            and self._clock.now() >= deadline - DEADLINE_MARGIN
+        ):
+            # Upstream was still working when the caller's time ran out.
+            return errors.deadline_exceeded({**meta, "attempts": str(failure.attempts)})
+        return errors.from_upstream(
+            failure.error, attempts=failure.attempts, retry_delay=failure.retry_delay, metadata=meta
+        )
+
     async def _acquire_slot(self, deadline: float | None, meta: Mapping[str, str]) -> None:
+        # One slot per request, held across its retries and waits: the limit
+        # bounds concurrent requests to upstream, not just concurrent sockets.
         wait = self._config.queue_timeout
         if deadline is not None:
             wait = min(wait, max(deadline - self._clock.now(), 0.0))
