@@ -11,6 +11,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -18,6 +19,25 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger("imagegen_server.access")
+
+#: The generation the current task works on. Each RPC runs in its own task, and
+#: tasks it starts (the retry loop) inherit a copy, so every log line of a
+#: request can name it without passing ids through every function.
+_GENERATION: ContextVar[str] = ContextVar("imagegen_generation", default="-")
+
+
+def bind_generation(generation_id: str) -> None:
+    """Tag log records of the current RPC (and tasks it starts) with ``generation_id``."""
+    _GENERATION.set(generation_id)
+
+
+class GenerationLogFilter(logging.Filter):
+    """Adds ``%(generation)s`` to every record: the id of the generation being served, or ``-``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate the record; never drops it."""
+        record.generation = _GENERATION.get()
+        return True
 
 
 class Metrics:

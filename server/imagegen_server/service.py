@@ -30,7 +30,7 @@ from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamR
 from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
 from imagegen_server.imagetypes import probe_image
 from imagegen_server.models import MODELS
-from imagegen_server.observability import Metrics
+from imagegen_server.observability import Metrics, bind_generation
 from imagegen_server.retry import (
     MONOTONIC_CLOCK,
     Clock,
@@ -172,6 +172,7 @@ class Pipeline:
         validated = validate(request, self._config, history=history)
         generation_id = uuid.uuid4().hex
         meta["generationId"] = generation_id
+        bind_generation(generation_id)
 
         key = validated.request_id
         if key:
