@@ -81,26 +81,8 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         client = await stack.enter_async_context(GeminiClient(upstream_url, api_key, api_version=config.api_version))
         metrics = Metrics()
         pipeline = Pipeline(config, client, metrics=metrics)
-        metrics_port: int | None = None
-        if config.metrics_port is not None:
-            runner = web.AppRunner(metrics_app(metrics), access_log=None)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            site = web.TCPSite(runner, config.host, config.metrics_port)
-            await site.start()
-            metrics_port = int(runner.addresses[0][1])
-            log.info("metrics on http://%s:%d/metrics", config.host, metrics_port)
-
-        server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(metrics)],
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                # Let long-lived streams through proxies: accept client pings every 10 s.
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        )
+        metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
+        server = _grpc_server(config, metrics)
         pb_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(pipeline, config), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -127,6 +109,32 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             yield running
         finally:
             await running.shutdown()
+
+
+async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, config: ServerConfig) -> int:
+    """Serve ``/metrics`` over HTTP until the stack closes; returns the bound port."""
+    runner = web.AppRunner(metrics_app(metrics), access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, config.host, config.metrics_port).start()
+    port = int(runner.addresses[0][1])
+    log.info("metrics on http://%s:%d/metrics", config.host, port)
+    return port
+
+
+def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
+    """A grpc.aio server with our interceptor and limits, no services yet."""
+    return grpc.aio.server(
+        interceptors=[ObservabilityInterceptor(metrics)],
+        options=[
+            # Images are megabytes; gRPC's default 4 MiB receive limit is too small.
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            # Let long-lived streams through proxies: accept client pings every 10 s.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
 
 
 async def serve(config: ServerConfig) -> None:
