@@ -19,6 +19,7 @@ Errors raise subclasses of :class:`ImagegenError` chosen by meaning
 protocol stubs are in :mod:`imagegen.v1` for callers who want the raw messages.
 """
 
+from imagegen._convert import GenerationKwargs
 from imagegen._retry import ClientRetry
 from imagegen.client import (
     DEFAULT_TARGET,
@@ -95,6 +96,7 @@ __all__ = [
     "FailedPreconditionError",
     "FieldViolation",
     "GenerationError",
+    "GenerationKwargs",
     "GenerationResult",
     "Heartbeat",
     "Image",

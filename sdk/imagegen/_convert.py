@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypedDict
 
 from imagegen.types import (
     Accepted,
@@ -34,6 +34,51 @@ MetadataInput: TypeAlias = Sequence[tuple[str, str | bytes]] | Mapping[str, str 
 TurnInput: TypeAlias = Turn | image_pb2.Turn
 
 StreamResponse: TypeAlias = service_pb2.GenerateStreamResponse | service_pb2.RefineStreamResponse
+
+
+class GenerationKwargs(TypedDict, total=False):
+    """The keyword options of every generation method; all optional.
+
+    Taken as ``**options`` by ``generate``, ``refine``, ``generate_stream``,
+    ``refine_stream`` and ``conversation`` of :class:`imagegen.Client` and
+    :class:`imagegen.AsyncClient`, and by ``start``, ``refine`` and ``refine_stream``
+    of :class:`imagegen.Conversation` and :class:`imagegen.AsyncConversation`.
+    Type checkers and IDEs check and complete them as ordinary keyword arguments
+    (PEP 692)::
+
+        client.generate("a fox", width=1024, height=768, seed=7, timeout=30)
+
+    Keys:
+        input_images: Reference images: bytes, file paths or :class:`imagegen.Image`
+            (a sequence, even for one image). Default: none.
+        model: Model id; ``None`` for the server's default (see ``list_models``).
+        width: Desired width in pixels, mapped to the nearest supported ratio and size.
+        height: Desired height in pixels.
+        aspect_ratio: Explicit ratio such as ``"16:9"``; overrides width/height.
+        image_size: Explicit size tier ``"512"``, ``"1K"``, ``"2K"`` or ``"4K"``.
+        seed: Upstream seed (0 is valid); ``None`` lets the server pick and report one.
+        request_id: Idempotency key: the server deduplicates repeats, and the client
+            may then retry any retryable error (see :class:`imagegen.ClientRetry`).
+        timeout: Deadline in seconds for this call, client-side retries included;
+            ``None`` for the client's default.
+        metadata: Extra gRPC metadata for this call (pairs or a mapping), sent after
+            the client's own.
+
+    In a conversation, the model and size options (``model``, ``width``, ``height``,
+    ``aspect_ratio``, ``image_size``) given at the start are reused by every turn; a
+    turn that passes any size option replaces all four.
+    """
+
+    input_images: Iterable[ImageInput]
+    model: str | None
+    width: int | None
+    height: int | None
+    aspect_ratio: str | None
+    image_size: str | None
+    seed: int | None
+    request_id: str | None
+    timeout: float | None
+    metadata: MetadataInput | None
 
 
 def to_image_proto(value: ImageInput) -> image_pb2.Image:
@@ -78,12 +123,22 @@ def normalize_metadata(metadata: MetadataInput | None) -> tuple[tuple[str, str |
 
 
 @dataclass(frozen=True, slots=True)
+class CallOptions:
+    """How one RPC is made: whether it may be retried after work started, its deadline and metadata."""
+
+    idempotent: bool
+    timeout: float | None = None
+    metadata: MetadataInput | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RequestSpec:
     """Everything one generation call sends, before it is shaped into a request message."""
 
     prompt: str
     input_images: tuple[image_pb2.Image, ...]
     options: service_pb2.GenerationOptions
+    call: CallOptions
     history: tuple[image_pb2.Turn, ...] = ()
 
     @classmethod
@@ -91,8 +146,8 @@ class RequestSpec:
         cls,
         prompt: str,
         *,
-        input_images: Iterable[ImageInput] = (),
         history: Iterable[TurnInput] = (),
+        input_images: Iterable[ImageInput] = (),
         model: str | None = None,
         width: int | None = None,
         height: int | None = None,
@@ -100,8 +155,18 @@ class RequestSpec:
         image_size: str | None = None,
         seed: int | None = None,
         request_id: str | None = None,
+        timeout: float | None = None,
+        metadata: MetadataInput | None = None,
+        **unknown: object,
     ) -> RequestSpec:
-        """Validate argument types and convert images and history to messages."""
+        """Validate argument types and convert images and history to messages.
+
+        The keywords after ``history`` are :class:`GenerationKwargs` (where they are
+        documented); their defaults live here, and an unknown one raises ``TypeError``.
+        """
+        if unknown:
+            name = next(iter(unknown))
+            raise TypeError(f"unexpected keyword argument {name!r} (the options are imagegen.GenerationKwargs)")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
         if isinstance(input_images, bytes | str | Image | image_pb2.Image | os.PathLike):
@@ -120,13 +185,14 @@ class RequestSpec:
             prompt=prompt,
             input_images=tuple(to_image_proto(image) for image in input_images),
             options=options,
+            call=CallOptions(idempotent=bool(request_id), timeout=timeout, metadata=metadata),
             history=tuple(to_turn_proto(turn) for turn in history),
         )
 
     @property
     def idempotent(self) -> bool:
         """True when the request carries a request id (the server deduplicates retries)."""
-        return bool(self.options.request_id)
+        return self.call.idempotent
 
     def generate_request(self) -> service_pb2.GenerateRequest:
         """The ``GenerateRequest`` message."""

@@ -1,15 +1,16 @@
-"""Client-side retry policy, shared by the sync and async clients."""
+"""Client-side retries, shared by both clients: the policy and one call's bookkeeping."""
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
 
-from imagegen.errors import ImagegenError, QuotaExhaustedError
+from imagegen.errors import ImagegenError, QuotaExhaustedError, from_grpc_error
 
-__all__ = ["ClientRetry"]
+__all__ = ["Attempts", "ClientRetry"]
 
 #: Reasons that mean the server rejected the call before doing any upstream work.
 _REJECTED_BEFORE_WORK = frozenset({"SHUTTING_DOWN", "OVERLOADED"})
@@ -103,4 +104,47 @@ class ClientRetry:
             delay = self.backoff(attempt)
         if remaining is not None and delay >= remaining:
             return None
+        return delay
+
+
+class Attempts:
+    """The retry bookkeeping of one call: attempt count, deadline and the give-up decision.
+
+    Shared by the sync and async clients, which keep the I/O (the call and the wait,
+    blocking or awaited)::
+
+        attempts = Attempts(policy, idempotent=spec.idempotent, timeout=timeout)
+        while True:
+            try:
+                return method(request, timeout=attempts.remaining(), metadata=metadata)
+            except grpc.RpcError as err:
+                delay = attempts.retry_delay(err)  # raises the typed error when giving up
+            time.sleep(delay)
+    """
+
+    def __init__(self, policy: ClientRetry, *, idempotent: bool, timeout: float | None) -> None:
+        self._policy = policy
+        self._idempotent = idempotent
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._attempt = 1
+
+    def remaining(self) -> float | None:
+        """Seconds left before the call's deadline (``None``: no deadline), the next attempt's timeout."""
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def retry_delay(self, err: grpc.RpcError, *, after_events: bool = False) -> float:
+        """Seconds to wait before the next attempt; raises ``err`` as an :class:`ImagegenError` to give up.
+
+        ``after_events``: the failed attempt was a stream that already delivered
+        events; it is never retried.
+        """
+        error = from_grpc_error(err)
+        delay = None
+        if not after_events:
+            delay = self._policy.next_delay(
+                error, attempt=self._attempt, idempotent=self._idempotent, remaining=self.remaining()
+            )
+        if delay is None:
+            raise error from err
+        self._attempt += 1
         return delay

@@ -20,15 +20,23 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
 
 import grpc
 import grpc.aio
 
-from imagegen._convert import MetadataInput, RequestSpec, TurnInput, event_from_response, normalize_metadata
-from imagegen._retry import ClientRetry
-from imagegen.errors import ImagegenError, from_grpc_error
-from imagegen.types import Completed, GenerationResult, ImageInput, ModelInfo, StreamEvent
+from imagegen._convert import (
+    CallOptions,
+    GenerationKwargs,
+    MetadataInput,
+    RequestSpec,
+    TurnInput,
+    event_from_response,
+    normalize_metadata,
+)
+from imagegen._retry import Attempts, ClientRetry
+from imagegen.errors import ImagegenError
+from imagegen.types import Completed, GenerationResult, ModelInfo, StreamEvent
 from imagegen.v1 import image_generation_service_pb2 as service_pb2
 from imagegen.v1 import image_generation_service_pb2_grpc as service_grpc
 
@@ -111,22 +119,39 @@ class _ClientBase:
         """The client-side retry policy, or ``None`` when retries are off."""
         return self._retry if self._retry.max_attempts > 1 else None
 
-    def _call_metadata(self, metadata: MetadataInput | None) -> tuple[tuple[str, str | bytes], ...]:
-        return (*self._metadata, *normalize_metadata(metadata))
+    def _call_metadata(self, call: CallOptions) -> tuple[tuple[str, str | bytes], ...]:
+        return (*self._metadata, *normalize_metadata(call.metadata))
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        effective = self._timeout if timeout is None else timeout
-        return None if effective is None else time.monotonic() + effective
-
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
+    def _attempts(self, call: CallOptions) -> Attempts:
+        timeout = self._timeout if call.timeout is None else call.timeout
+        return Attempts(self._retry, idempotent=call.idempotent, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target={self._target!r})"
 
 
-class EventStream(Iterator[StreamEvent]):
+class _EventStreamBase:
+    """The final result and the ``on_completed`` hook, shared by both event streams."""
+
+    def __init__(self, on_completed: Callable[[GenerationResult], None] | None) -> None:
+        self._on_completed = on_completed
+        #: The final result, once the :class:`Completed` event has been read.
+        self.result: GenerationResult | None = None
+
+    def _seen(self, event: StreamEvent) -> StreamEvent:
+        if isinstance(event, Completed):
+            self.result = event.result
+            if self._on_completed is not None:
+                self._on_completed(event.result)
+        return event
+
+    def _final(self) -> GenerationResult:
+        if self.result is None:
+            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
+        return self.result
+
+
+class EventStream(_EventStreamBase, Iterator[StreamEvent]):
     """The typed events of a ``generate_stream`` / ``refine_stream`` call (sync).
 
     Iterate it; the last event of a successful stream is :class:`imagegen.Completed`,
@@ -139,29 +164,20 @@ class EventStream(Iterator[StreamEvent]):
         events: Generator[StreamEvent, None, None],
         on_completed: Callable[[GenerationResult], None] | None = None,
     ) -> None:
+        super().__init__(on_completed)
         self._events = events
-        self._on_completed = on_completed
-        #: The final result, once the :class:`Completed` event has been read.
-        self.result: GenerationResult | None = None
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> StreamEvent:
-        event = next(self._events)
-        if isinstance(event, Completed):
-            self.result = event.result
-            if self._on_completed is not None:
-                self._on_completed(event.result)
-        return event
+        return self._seen(next(self._events))
 
     def final_result(self) -> GenerationResult:
         """Consume the remaining events and return the generated result (raises on failure)."""
         for _ in self:
             pass
-        if self.result is None:
-            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
-        return self.result
+        return self._final()
 
     def close(self) -> None:
         """Stop reading and cancel the call if it is still running."""
@@ -176,7 +192,7 @@ class EventStream(Iterator[StreamEvent]):
         self.close()
 
 
-class AsyncEventStream(AsyncIterator[StreamEvent]):
+class AsyncEventStream(_EventStreamBase, AsyncIterator[StreamEvent]):
     """The typed events of an async ``generate_stream`` / ``refine_stream`` call.
 
     ``async for`` over it; a failure raises an :class:`imagegen.ImagegenError`.
@@ -188,29 +204,20 @@ class AsyncEventStream(AsyncIterator[StreamEvent]):
         events: AsyncGenerator[StreamEvent, None],
         on_completed: Callable[[GenerationResult], None] | None = None,
     ) -> None:
+        super().__init__(on_completed)
         self._events = events
-        self._on_completed = on_completed
-        #: The final result, once the :class:`Completed` event has been read.
-        self.result: GenerationResult | None = None
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        event = await self._events.__anext__()
-        if isinstance(event, Completed):
-            self.result = event.result
-            if self._on_completed is not None:
-                self._on_completed(event.result)
-        return event
+        return self._seen(await self._events.__anext__())
 
     async def final_result(self) -> GenerationResult:
         """Consume the remaining events and return the generated result (raises on failure)."""
         async for _ in self:
             pass
-        if self.result is None:
-            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
-        return self.result
+        return self._final()
 
     async def aclose(self) -> None:
         """Stop reading and cancel the call if it is still running."""
@@ -288,36 +295,15 @@ class Client(_ClientBase):
 
     # ------------------------------------------------------------------------------------------ calls
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> GenerationResult:
+    def generate(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
         """Generate one image from a prompt and optional input images.
 
         Args:
             prompt: What to draw.
-            input_images: Reference images: bytes, file paths or :class:`imagegen.Image`.
-            model: Model id; ``None`` for the server's default (see :meth:`list_models`).
-            width: Desired width in pixels, mapped to the nearest supported ratio and size.
-            height: Desired height in pixels.
-            aspect_ratio: Explicit ratio such as ``"16:9"``; overrides width/height.
-            image_size: Explicit size tier ``"512"``, ``"1K"``, ``"2K"`` or ``"4K"``.
-            seed: Upstream seed (0 is valid); ``None`` lets the server pick and report one.
-            request_id: Idempotency key: the server deduplicates repeats, and the client
-                may then retry any retryable error (see :class:`imagegen.ClientRetry`).
-            timeout: Deadline in seconds for this call (default: the client's).
-            metadata: Extra gRPC metadata for this call.
+            **options: Keyword options ``input_images``, ``model``, ``width``, ``height``,
+                ``aspect_ratio``, ``image_size``, ``seed``, ``request_id``, ``timeout``
+                and ``metadata``, shared by every generation method and documented
+                once in :class:`imagegen.GenerationKwargs`.
 
         Returns:
             The image and everything known about how it was made.
@@ -325,73 +311,25 @@ class Client(_ClientBase):
         Raises:
             ImagegenError: A subclass by meaning, e.g. :class:`imagegen.RateLimitError`.
         """
-        spec = RequestSpec.build(
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        response = self._unary(self._stub.Generate, spec.generate_request(), spec.idempotent, timeout, metadata)
+        spec = RequestSpec.build(prompt, **options)
+        response = self._unary(self._stub.Generate, spec.generate_request(), spec.call)
         return GenerationResult.from_proto(response.generation)
 
     def refine(
-        self,
-        prompt: str,
-        *,
-        history: Iterable[TurnInput],
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
     ) -> GenerationResult:
         """Edit an image over several turns: a new prompt plus the conversation so far.
 
         ``history`` is oldest first: user turns, and each result's ``model_turn``
         as returned (its thought signatures must stay byte for byte). The
         :class:`imagegen.Conversation` helper keeps it for you. Other arguments
-        are as for :meth:`generate`.
+        are as for :meth:`generate` (:class:`imagegen.GenerationKwargs`).
         """
-        spec = RequestSpec.build(
-            prompt,
-            history=history,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        response = self._unary(self._stub.Refine, spec.refine_request(), spec.idempotent, timeout, metadata)
+        spec = RequestSpec.build(prompt, history=history, **options)
+        response = self._unary(self._stub.Refine, spec.refine_request(), spec.call)
         return GenerationResult.from_proto(response.generation)
 
-    def generate_stream(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> EventStream:
+    def generate_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> EventStream:
         """Like :meth:`generate`, streaming progress events.
 
         Yields :class:`imagegen.Accepted`, then per upstream attempt
@@ -399,158 +337,65 @@ class Client(_ClientBase):
         (with the server's retry delay), :class:`imagegen.Heartbeat` and
         :class:`imagegen.Preview` while waiting, and finally :class:`imagegen.Completed`.
         A failure raises from the iteration. The call starts when iteration starts.
+        Options: :class:`imagegen.GenerationKwargs`.
         """
-        spec = RequestSpec.build(
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        return EventStream(
-            self._stream(self._stub.GenerateStream, spec.generate_stream_request(), spec.idempotent, timeout, metadata)
-        )
+        spec = RequestSpec.build(prompt, **options)
+        return EventStream(self._stream(self._stub.GenerateStream, spec.generate_stream_request(), spec.call))
 
     def refine_stream(
-        self,
-        prompt: str,
-        *,
-        history: Iterable[TurnInput],
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
     ) -> EventStream:
         """Like :meth:`refine`, streaming the progress events of :meth:`generate_stream`."""
-        spec = RequestSpec.build(
-            prompt,
-            history=history,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        return EventStream(
-            self._stream(self._stub.RefineStream, spec.refine_stream_request(), spec.idempotent, timeout, metadata)
-        )
+        spec = RequestSpec.build(prompt, history=history, **options)
+        return EventStream(self._stream(self._stub.RefineStream, spec.refine_stream_request(), spec.call))
 
     def list_models(self, *, timeout: float | None = None, metadata: MetadataInput | None = None) -> list[ModelInfo]:
         """The models the server accepts and what each supports."""
-        response = self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), True, timeout, metadata)
+        call = CallOptions(idempotent=True, timeout=timeout, metadata=metadata)
+        response = self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), call)
         return [ModelInfo.from_proto(m) for m in response.models]
 
-    def conversation(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> Conversation:
+    def conversation(self, prompt: str, **options: Unpack[GenerationKwargs]) -> Conversation:
         """Generate a first image and return a :class:`imagegen.Conversation` to refine it.
 
         Same as ``Conversation.start(client, prompt, ...)``. Model and size options
-        are kept for later turns.
+        are kept for later turns (see :class:`imagegen.GenerationKwargs`).
         """
         from imagegen.conversation import Conversation
 
-        return Conversation.start(
-            self,
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-            timeout=timeout,
-            metadata=metadata,
-        )
+        return Conversation.start(self, prompt, **options)
 
     # -------------------------------------------------------------------------------------- internals
 
-    def _unary(
-        self,
-        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
-        request: _Req,
-        idempotent: bool,
-        timeout: float | None,
-        metadata: MetadataInput | None,
-    ) -> _Resp:
-        deadline = self._deadline(timeout)
-        call_metadata = self._call_metadata(metadata)
-        attempt = 0
+    def _unary(self, method: grpc.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, call: CallOptions) -> _Resp:
+        attempts = self._attempts(call)
+        metadata = self._call_metadata(call)
         while True:
-            attempt += 1
             try:
-                return method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+                return method(request, timeout=attempts.remaining(), metadata=metadata)
             except grpc.RpcError as err:
-                error = from_grpc_error(err)
-                wait = self._retry.next_delay(
-                    error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
-                )
-                if wait is None:
-                    raise error from err
-                delay = wait
+                delay = attempts.retry_delay(err)
             time.sleep(delay)
 
     def _stream(
-        self,
-        method: grpc.UnaryStreamMultiCallable[_Req, _Stream],
-        request: _Req,
-        idempotent: bool,
-        timeout: float | None,
-        metadata: MetadataInput | None,
+        self, method: grpc.UnaryStreamMultiCallable[_Req, _Stream], request: _Req, call: CallOptions
     ) -> Generator[StreamEvent, None, None]:
-        deadline = self._deadline(timeout)
-        call_metadata = self._call_metadata(metadata)
-        attempt = 0
+        attempts = self._attempts(call)
+        metadata = self._call_metadata(call)
         while True:
-            attempt += 1
             received = False
-            call = method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            rpc = method(request, timeout=attempts.remaining(), metadata=metadata)
             try:
-                for response in call:
+                for response in rpc:
                     event = event_from_response(response)
                     if event is not None:
                         received = True
                         yield event
                 return
             except grpc.RpcError as err:
-                error = from_grpc_error(err)
-                wait = None
-                if not received:
-                    wait = self._retry.next_delay(
-                        error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
-                    )
-                if wait is None:
-                    raise error from err
-                delay = wait
+                delay = attempts.retry_delay(err, after_events=received)
             finally:
-                call.cancel()
+                rpc.cancel()
             time.sleep(delay)
 
 
@@ -618,246 +463,85 @@ class AsyncClient(_ClientBase):
 
     # ------------------------------------------------------------------------------------------ calls
 
-    async def generate(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> GenerationResult:
-        """Generate one image; see :meth:`Client.generate`."""
-        spec = RequestSpec.build(
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        response = await self._unary(self._api.Generate, spec.generate_request(), spec.idempotent, timeout, metadata)
+    async def generate(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
+        """Generate one image; see :meth:`Client.generate` and :class:`imagegen.GenerationKwargs`."""
+        spec = RequestSpec.build(prompt, **options)
+        response = await self._unary(self._api.Generate, spec.generate_request(), spec.call)
         return GenerationResult.from_proto(response.generation)
 
     async def refine(
-        self,
-        prompt: str,
-        *,
-        history: Iterable[TurnInput],
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
     ) -> GenerationResult:
         """Edit an image over several turns; see :meth:`Client.refine`."""
-        spec = RequestSpec.build(
-            prompt,
-            history=history,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        response = await self._unary(self._api.Refine, spec.refine_request(), spec.idempotent, timeout, metadata)
+        spec = RequestSpec.build(prompt, history=history, **options)
+        response = await self._unary(self._api.Refine, spec.refine_request(), spec.call)
         return GenerationResult.from_proto(response.generation)
 
-    def generate_stream(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> AsyncEventStream:
+    def generate_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncEventStream:
         """Stream progress events of a generation; see :meth:`Client.generate_stream`.
 
         Not a coroutine: ``async for event in client.generate_stream(...)``.
         """
-        spec = RequestSpec.build(
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
+        spec = RequestSpec.build(prompt, **options)
         return AsyncEventStream(
-            self._stream(
-                lambda: self._api.GenerateStream,
-                spec.generate_stream_request(),
-                spec.idempotent,
-                timeout,
-                metadata,
-            )
+            self._stream(lambda: self._api.GenerateStream, spec.generate_stream_request(), spec.call)
         )
 
     def refine_stream(
-        self,
-        prompt: str,
-        *,
-        history: Iterable[TurnInput],
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
     ) -> AsyncEventStream:
         """Stream progress events of a refinement; see :meth:`Client.refine_stream`."""
-        spec = RequestSpec.build(
-            prompt,
-            history=history,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-        )
-        return AsyncEventStream(
-            self._stream(
-                lambda: self._api.RefineStream,
-                spec.refine_stream_request(),
-                spec.idempotent,
-                timeout,
-                metadata,
-            )
-        )
+        spec = RequestSpec.build(prompt, history=history, **options)
+        return AsyncEventStream(self._stream(lambda: self._api.RefineStream, spec.refine_stream_request(), spec.call))
 
     async def list_models(
         self, *, timeout: float | None = None, metadata: MetadataInput | None = None
     ) -> list[ModelInfo]:
         """The models the server accepts and what each supports."""
-        response = await self._unary(self._api.ListModels, service_pb2.ListModelsRequest(), True, timeout, metadata)
+        call = CallOptions(idempotent=True, timeout=timeout, metadata=metadata)
+        response = await self._unary(self._api.ListModels, service_pb2.ListModelsRequest(), call)
         return [ModelInfo.from_proto(m) for m in response.models]
 
-    async def conversation(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> AsyncConversation:
+    async def conversation(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncConversation:
         """Generate a first image and return an :class:`imagegen.AsyncConversation` to refine it."""
         from imagegen.conversation import AsyncConversation
 
-        return await AsyncConversation.start(
-            self,
-            prompt,
-            input_images=input_images,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            seed=seed,
-            request_id=request_id,
-            timeout=timeout,
-            metadata=metadata,
-        )
+        return await AsyncConversation.start(self, prompt, **options)
 
     # -------------------------------------------------------------------------------------- internals
 
     async def _unary(
-        self,
-        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
-        request: _Req,
-        idempotent: bool,
-        timeout: float | None,
-        metadata: MetadataInput | None,
+        self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, call: CallOptions
     ) -> _Resp:
-        deadline = self._deadline(timeout)
-        call_metadata = self._call_metadata(metadata)
-        attempt = 0
+        attempts = self._attempts(call)
+        metadata = self._call_metadata(call)
         while True:
-            attempt += 1
             try:
-                return await method(request, timeout=self._remaining(deadline), metadata=call_metadata)
+                return await method(request, timeout=attempts.remaining(), metadata=metadata)
             except grpc.RpcError as err:
-                error = from_grpc_error(err)
-                wait = self._retry.next_delay(
-                    error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
-                )
-                if wait is None:
-                    raise error from err
-                delay = wait
+                delay = attempts.retry_delay(err)
             await asyncio.sleep(delay)
 
     async def _stream(
         self,
         method: Callable[[], grpc.aio.UnaryStreamMultiCallable[_Req, _Stream]],
         request: _Req,
-        idempotent: bool,
-        timeout: float | None,
-        metadata: MetadataInput | None,
+        call: CallOptions,
     ) -> AsyncGenerator[StreamEvent, None]:
-        deadline = self._deadline(timeout)
-        call_metadata = self._call_metadata(metadata)
-        attempt = 0
+        attempts = self._attempts(call)
+        metadata = self._call_metadata(call)
         while True:
-            attempt += 1
             received = False
-            call = method()(request, timeout=self._remaining(deadline), metadata=call_metadata)
+            rpc = method()(request, timeout=attempts.remaining(), metadata=metadata)
             try:
-                async for response in call:
+                async for response in rpc:
                     event = event_from_response(response)
                     if event is not None:
                         received = True
                         yield event
                 return
             except grpc.RpcError as err:
-                error = from_grpc_error(err)
-                wait = None
-                if not received:
-                    wait = self._retry.next_delay(
-                        error, attempt=attempt, idempotent=idempotent, remaining=self._remaining(deadline)
-                    )
-                if wait is None:
-                    raise error from err
-                delay = wait
+                delay = attempts.retry_delay(err, after_events=received)
             finally:
-                call.cancel()
+                rpc.cancel()
             await asyncio.sleep(delay)

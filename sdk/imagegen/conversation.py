@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 
 from google.protobuf import json_format
 
-from imagegen._convert import MetadataInput, TurnInput, to_image_proto, to_turn_proto, user_turn
-from imagegen.types import GenerationResult, ImageInput, Turn
+from imagegen._convert import GenerationKwargs, TurnInput, to_image_proto, to_turn_proto, user_turn
+from imagegen.types import GenerationResult, Turn
 from imagegen.v1 import image_pb2
 
 if TYPE_CHECKING:
@@ -36,15 +36,19 @@ __all__ = ["FORMAT", "AsyncConversation", "Conversation"]
 FORMAT = "imagegen.conversation.v1"
 
 _SIZE_KEYS = ("width", "height", "aspect_ratio", "image_size")
+_SETTING_KEYS = ("model", *_SIZE_KEYS)
 _JSON_KEYS = {"model": "model", "width": "width", "height": "height"}
 _JSON_KEYS.update({"aspect_ratio": "aspectRatio", "image_size": "imageSize"})
 
+_ClientT = TypeVar("_ClientT", bound="Client | AsyncClient")
 
-class _ConversationState:
-    """History, settings and JSON persistence shared by both conversation classes."""
+
+class _ConversationState(Generic[_ClientT]):
+    """History, settings, turn options and JSON persistence shared by both conversation classes."""
 
     def __init__(
         self,
+        client: _ClientT,
         history: Iterable[TurnInput] = (),
         *,
         model: str | None = None,
@@ -54,8 +58,10 @@ class _ConversationState:
         image_size: str | None = None,
         last: GenerationResult | None = None,
     ) -> None:
+        self.client = client
         self._history: list[Turn] = [Turn.from_proto(to_turn_proto(turn), default_role="user") for turn in history]
-        self._settings: dict[str, Any] = {
+        # The model and size keys only.
+        self._settings: GenerationKwargs = {
             "model": model,
             "width": width,
             "height": height,
@@ -63,6 +69,12 @@ class _ConversationState:
             "image_size": image_size,
         }
         self._last = last
+
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any], client: _ClientT) -> Self:
+        """Restore a conversation saved with :meth:`to_json` (or :meth:`to_dict`), bound to ``client``."""
+        history, settings, last = cls._parse(data)
+        return cls(client, history, last=last, **settings)
 
     @property
     def history(self) -> tuple[Turn, ...]:
@@ -77,27 +89,43 @@ class _ConversationState:
     @property
     def model(self) -> str | None:
         """The model every turn uses: the one given, or the one that served the first turn."""
-        value = self._settings["model"]
+        value = self._settings.get("model")
         return str(value) if value else None
 
     def __len__(self) -> int:
         return len(self._history)
 
-    def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Per-turn options: the turn's own size options replace the stored ones as a group."""
-        sizes = {k: overrides[k] for k in _SIZE_KEYS if overrides.get(k) is not None}
-        if not sizes:
-            sizes = {k: self._settings[k] for k in _SIZE_KEYS}
-        options: dict[str, Any] = dict.fromkeys(_SIZE_KEYS)
-        options.update(sizes)
-        options["model"] = overrides.get("model") or self._settings["model"]
-        return options
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(turns={len(self._history)}, model={self.model!r})"
+
+    @staticmethod
+    def _settings_of(options: GenerationKwargs) -> dict[str, Any]:
+        """The model and size options of ``start``, to keep for later turns."""
+        return {key: options.get(key) for key in _SETTING_KEYS}
+
+    def _turn(self, options: GenerationKwargs) -> tuple[tuple[image_pb2.Image, ...], GenerationKwargs]:
+        """The turn's input images as messages, and the client call's options with the settings applied.
+
+        The turn's own size options replace the stored ones as a group; its model replaces the stored one.
+        """
+        images = tuple(to_image_proto(image) for image in options.get("input_images", ()))
+        own_size = any(options.get(key) is not None for key in _SIZE_KEYS)
+        size = options if own_size else self._settings
+        return images, {
+            **options,
+            "input_images": images,
+            "model": options.get("model") or self._settings.get("model"),
+            "width": size.get("width"),
+            "height": size.get("height"),
+            "aspect_ratio": size.get("aspect_ratio"),
+            "image_size": size.get("image_size"),
+        }
 
     def _record(self, prompt: str, images: tuple[image_pb2.Image, ...], result: GenerationResult) -> None:
         self._history.append(user_turn(prompt, images))
         self._history.append(result.model_turn)
         self._last = result
-        if not self._settings["model"]:
+        if not self._settings.get("model"):
             self._settings["model"] = result.model
 
     # ------------------------------------------------------------------------------------------- json
@@ -153,7 +181,7 @@ class _ConversationState:
         return history, settings, last
 
 
-class Conversation(_ConversationState):
+class Conversation(_ConversationState["Client"]):
     """A multi-turn editing session on a sync :class:`imagegen.Client`.
 
     Start one with :meth:`start` (or ``client.conversation(prompt)``), or build an
@@ -162,300 +190,68 @@ class Conversation(_ConversationState):
     history unchanged.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        history: Iterable[TurnInput] = (),
-        *,
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        last: GenerationResult | None = None,
-    ) -> None:
-        super().__init__(
-            history,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            last=last,
-        )
-        self.client = client
-
     @classmethod
-    def start(
-        cls,
-        client: Client,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> Conversation:
-        """Generate the first image and return the conversation holding it."""
-        conversation = cls(
-            client, model=model, width=width, height=height, aspect_ratio=aspect_ratio, image_size=image_size
-        )
-        conversation.refine(
-            prompt, input_images=input_images, seed=seed, request_id=request_id, timeout=timeout, metadata=metadata
-        )
+    def start(cls, client: Client, prompt: str, **options: Unpack[GenerationKwargs]) -> Conversation:
+        """Generate the first image and return the conversation holding it.
+
+        Options: :class:`imagegen.GenerationKwargs`; the model and size options are kept for later turns.
+        """
+        conversation = cls(client, **cls._settings_of(options))
+        conversation.refine(prompt, **options)
         return conversation
 
-    @classmethod
-    def from_json(cls, data: str | bytes | Mapping[str, Any], client: Client) -> Conversation:
-        """Restore a conversation saved with :meth:`to_json` (or :meth:`to_dict`), bound to ``client``."""
-        history, settings, last = cls._parse(data)
-        return cls(client, history, last=last, **settings)
+    def refine(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
+        """Run the next turn (``Generate`` when the history is empty, else ``Refine``) and record it.
 
-    def refine(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> GenerationResult:
-        """Run the next turn (``Generate`` when the history is empty, else ``Refine``) and record it."""
-        images = tuple(to_image_proto(image) for image in input_images)
-        options = self._options(
-            {"model": model, "width": width, "height": height, "aspect_ratio": aspect_ratio, "image_size": image_size}
-        )
+        Options: :class:`imagegen.GenerationKwargs`; model and size options left out are the conversation's.
+        """
+        images, turn = self._turn(options)
         if self._history:
-            result = self.client.refine(
-                prompt,
-                history=self._history,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            result = self.client.refine(prompt, history=self._history, **turn)
         else:
-            result = self.client.generate(
-                prompt,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            result = self.client.generate(prompt, **turn)
         self._record(prompt, images, result)
         return result
 
-    def refine_stream(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> EventStream:
+    def refine_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> EventStream:
         """Like :meth:`refine`, streaming progress events; the turn is recorded when ``Completed`` arrives."""
         from imagegen.client import EventStream
 
-        images = tuple(to_image_proto(image) for image in input_images)
-        options = self._options(
-            {"model": model, "width": width, "height": height, "aspect_ratio": aspect_ratio, "image_size": image_size}
-        )
+        images, turn = self._turn(options)
         if self._history:
-            stream = self.client.refine_stream(
-                prompt,
-                history=tuple(self._history),
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            stream = self.client.refine_stream(prompt, history=tuple(self._history), **turn)
         else:
-            stream = self.client.generate_stream(
-                prompt,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            stream = self.client.generate_stream(prompt, **turn)
         return EventStream(stream._events, on_completed=lambda result: self._record(prompt, images, result))
 
-    def __repr__(self) -> str:
-        return f"Conversation(turns={len(self._history)}, model={self.model!r})"
 
-
-class AsyncConversation(_ConversationState):
+class AsyncConversation(_ConversationState["AsyncClient"]):
     """A multi-turn editing session on an :class:`imagegen.AsyncClient`; see :class:`Conversation`."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        history: Iterable[TurnInput] = (),
-        *,
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        last: GenerationResult | None = None,
-    ) -> None:
-        super().__init__(
-            history,
-            model=model,
-            width=width,
-            height=height,
-            aspect_ratio=aspect_ratio,
-            image_size=image_size,
-            last=last,
-        )
-        self.client = client
-
     @classmethod
-    async def start(
-        cls,
-        client: AsyncClient,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> AsyncConversation:
-        """Generate the first image and return the conversation holding it."""
-        conversation = cls(
-            client, model=model, width=width, height=height, aspect_ratio=aspect_ratio, image_size=image_size
-        )
-        await conversation.refine(
-            prompt, input_images=input_images, seed=seed, request_id=request_id, timeout=timeout, metadata=metadata
-        )
+    async def start(cls, client: AsyncClient, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncConversation:
+        """Generate the first image and return the conversation holding it; see :meth:`Conversation.start`."""
+        conversation = cls(client, **cls._settings_of(options))
+        await conversation.refine(prompt, **options)
         return conversation
 
-    @classmethod
-    def from_json(cls, data: str | bytes | Mapping[str, Any], client: AsyncClient) -> AsyncConversation:
-        """Restore a conversation saved with :meth:`to_json` (or :meth:`to_dict`), bound to ``client``."""
-        history, settings, last = cls._parse(data)
-        return cls(client, history, last=last, **settings)
-
-    async def refine(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> GenerationResult:
-        """Run the next turn (``Generate`` when the history is empty, else ``Refine``) and record it."""
-        images = tuple(to_image_proto(image) for image in input_images)
-        options = self._options(
-            {"model": model, "width": width, "height": height, "aspect_ratio": aspect_ratio, "image_size": image_size}
-        )
+    async def refine(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
+        """Run the next turn and record it; see :meth:`Conversation.refine`."""
+        images, turn = self._turn(options)
         if self._history:
-            result = await self.client.refine(
-                prompt,
-                history=self._history,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            result = await self.client.refine(prompt, history=self._history, **turn)
         else:
-            result = await self.client.generate(
-                prompt,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            result = await self.client.generate(prompt, **turn)
         self._record(prompt, images, result)
         return result
 
-    def refine_stream(
-        self,
-        prompt: str,
-        *,
-        input_images: Iterable[ImageInput] = (),
-        model: str | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        aspect_ratio: str | None = None,
-        image_size: str | None = None,
-        seed: int | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        metadata: MetadataInput | None = None,
-    ) -> AsyncEventStream:
+    def refine_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncEventStream:
         """Like :meth:`refine`, streaming progress events; the turn is recorded when ``Completed`` arrives."""
         from imagegen.client import AsyncEventStream
 
-        images = tuple(to_image_proto(image) for image in input_images)
-        options = self._options(
-            {"model": model, "width": width, "height": height, "aspect_ratio": aspect_ratio, "image_size": image_size}
-        )
+        images, turn = self._turn(options)
         if self._history:
-            stream = self.client.refine_stream(
-                prompt,
-                history=tuple(self._history),
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            stream = self.client.refine_stream(prompt, history=tuple(self._history), **turn)
         else:
-            stream = self.client.generate_stream(
-                prompt,
-                input_images=images,
-                seed=seed,
-                request_id=request_id,
-                timeout=timeout,
-                metadata=metadata,
-                **options,
-            )
+            stream = self.client.generate_stream(prompt, **turn)
         return AsyncEventStream(stream._events, on_completed=lambda result: self._record(prompt, images, result))
-
-    def __repr__(self) -> str:
-        return f"AsyncConversation(turns={len(self._history)}, model={self.model!r})"

@@ -87,6 +87,19 @@ def test_failed_turn_leaves_history_unchanged(server: FakeServer, client: imageg
     assert chat.history == before
 
 
+async def test_unknown_option_raises_before_any_call(server: FakeServer, client: imagegen.Client) -> None:
+    chat = client.conversation("a fox")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'widht'"):
+        chat.refine("night", widht=512)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sed'"):
+        client.generate_stream("a fox", sed=1)  # type: ignore[call-arg]
+    async with imagegen.AsyncClient(server.target, timeout=10) as aclient:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'modle'"):
+            await aclient.conversation("a fox", modle="m")  # type: ignore[call-arg]
+    assert len(chat) == 2
+    assert [c.method for c in server.servicer.calls] == ["Generate"]
+
+
 def test_json_round_trip_is_exact(server: FakeServer, client: imagegen.Client) -> None:
     _push_generations(server)
     chat = imagegen.Conversation.start(client, "a fox", input_images=[make_png(3, 3)], aspect_ratio="1:1")

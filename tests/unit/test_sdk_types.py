@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import grpc
@@ -99,6 +100,19 @@ def test_request_spec_rejects_bad_types() -> None:
         RequestSpec.build("x", input_images=PNG)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         RequestSpec.build("x", history=["not a turn"])  # type: ignore[list-item]
+
+
+def test_generation_kwargs_are_the_options_request_spec_takes() -> None:
+    # RequestSpec.build holds the defaults of GenerationKwargs; the two lists must not drift.
+    parameters = inspect.signature(RequestSpec.build).parameters
+    named = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and name != "history"]
+    assert named == list(imagegen.GenerationKwargs.__annotations__)
+    assert imagegen.GenerationKwargs.__optional_keys__ == frozenset(named)
+    # help(imagegen.Client.generate) names every option and where they are documented.
+    doc = imagegen.Client.generate.__doc__ or ""
+    assert all(f"``{name}``" in doc for name in named) and "GenerationKwargs" in doc
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'widht'.*GenerationKwargs"):
+        RequestSpec.build("x", widht=3)
 
 
 def test_refine_request_keeps_history_bytes_exactly() -> None:
