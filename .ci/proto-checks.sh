@@ -14,14 +14,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TS="$ROOT/clients/typescript"
 BASELINE="protos/baseline/imagegen-v1.binpb"
 
-# npm ci, unless node_modules was already installed from this exact lockfile.
-lock_sum="$(sha256sum "$TS/package-lock.json" | cut -d' ' -f1)"
-if [[ "$(cat "$TS/node_modules/.imagegen-lock.sha256" 2>/dev/null)" != "$lock_sum" ]]; then
-  echo "== npm ci (clients/typescript)"
-  (cd "$TS" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$lock_sum" >"$TS/node_modules/.imagegen-lock.sha256"
-fi
-BUF="$TS/node_modules/.bin/buf"
+# shellcheck source=.ci/npm-deps.sh
+source "$ROOT/.ci/npm-deps.sh"
 cd "$ROOT"
 echo "== buf $("$BUF" --version)"
 
