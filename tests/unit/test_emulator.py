@@ -23,8 +23,9 @@ import pytest
 from PIL import Image
 
 from imagegen_server.emulator import SKIP_SENTINEL, Emulator, image_signature, parse_step
+from imagegen_server.emulator.responses import output_tokens
 from imagegen_server.emulator.steps import parse_steps
-from imagegen_server.models import find_model
+from imagegen_server.models import MODELS, find_model
 
 PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-3.1-flash-image"
@@ -178,6 +179,28 @@ async def test_response_shape_gemini3(emu: Emulator, http: aiohttp.ClientSession
         usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"]
     )
     assert body["modelVersion"] == PRO and body["responseId"]
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "tokens"),
+    [(PRO, "2K", 1120), (PRO, "4K", 2000), (FLASH, "512", 747), (FLASH, "2K", 1680), (FLASH, "4K", 2520)],
+)
+async def test_output_tokens_per_model_and_tier(
+    emu: Emulator, http: aiohttp.ClientSession, model: str, size: str, tokens: int
+) -> None:
+    """gemini-api.md's table differs per model: 3 Pro bills 1120 at 2K and 2000 at 4K."""
+    call = await post(
+        http, emu, prompt("a fox", responseModalities=["IMAGE"], imageConfig={"imageSize": size}), model=model
+    )
+    usage = call.json["usageMetadata"]
+    assert usage["candidatesTokensDetails"] == [{"modality": "IMAGE", "tokenCount": tokens}]
+    assert usage["candidatesTokenCount"] == tokens
+
+
+def test_every_model_and_tier_has_an_output_token_count() -> None:
+    for spec in MODELS:
+        for tier in spec.image_sizes or ("",):
+            assert output_tokens(spec, tier) > 0, (spec.name, tier)
 
 
 async def test_image_only_and_gemini25_has_no_signatures(emu: Emulator, http: aiohttp.ClientSession) -> None:

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import TOKENS_PER_IMAGE, ModelSpec
+from ..models import ModelSpec
 from .signatures import image_signature, text_signature
 from .wire import GenerateCall
 
@@ -123,10 +123,21 @@ def text_part(text: str, *, signed: bool) -> JsonObject:
     return part
 
 
+#: Output tokens Gemini bills per image, per model and size tier (gemini-api.md
+#: section 2, "Output tokens per image"). 2.5 Flash has no tiers; the 3.1 Flash
+#: Lite row has no published figures and reuses 3.1 Flash's 1K count.
+OUTPUT_TOKENS_PER_IMAGE: dict[str, dict[str, int]] = {
+    "gemini-2.5-flash-image": {"": 1290},
+    "gemini-3-pro-image": {"1K": 1120, "2K": 1120, "4K": 2000},
+    "gemini-3.1-flash-image": {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+    "gemini-3.1-flash-lite-image": {"1K": 1120},
+}
+
+
 def output_tokens(spec: ModelSpec, image_size: str) -> int:
-    """Tokens billed per output image at this size tier."""
+    """Tokens billed per output image by ``spec``'s model at this size tier."""
     tier = (image_size or spec.default_image_size) if spec.image_sizes else ""
-    return TOKENS_PER_IMAGE.get(tier, TOKENS_PER_IMAGE["1K"])
+    return OUTPUT_TOKENS_PER_IMAGE[spec.name][tier]
 
 
 def usage(
