@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imagegen_server.emulator import SKIP_SENTINEL, Emulator, image_signature, parse_step
+from imagegen_server.emulator import SKIP_SENTINEL, Emulator, image_signature, parse_step, text_signature
 from imagegen_server.emulator.responses import REFUSAL_TEXT
 from imagegen_server.emulator.steps import CONTENT_OUTCOMES, HTTP_FAULTS
 from imagegen_server.gemini.client import GeminiClient
@@ -110,7 +110,9 @@ class Row:
     version: str = "v1beta"
     #: Use ``streamGenerateContent?alt=sse`` (an ``on_draft`` callback).
     stream: bool = False
-    #: Prior turns: "" (none), "unsigned", "signed" or "sentinel" model image.
+    #: Ask for thought parts (streams always do, for their previews).
+    include_thoughts: bool = False
+    #: Prior turns: "" (none), "unsigned" (image), "unsigned-text", "signed" or "sentinel" model turn.
     history: str = ""
     #: "emulator" (the right key), "wrong" or "none".
     key: str = "emulator"
@@ -165,7 +167,14 @@ ROWS: list[Row] = [
         result={"size": SIZE_25, "signed": False, "finish_reason": "STOP"},
     ),
     # --- thought images before the final image ---------------------------------------------
-    Row(id="thoughts-2-unary", steps=("thoughts:2",), attempts=1, result={**SUCCESS_3, "drafts": 2}),
+    Row(
+        id="thoughts-2-unary",
+        steps=("thoughts:2",),
+        attempts=1,
+        include_thoughts=True,
+        result={**SUCCESS_3, "drafts": 2},
+    ),
+    Row(id="thoughts-2-unary-hidden-without-includeThoughts", steps=("thoughts:2",), attempts=1, result=SUCCESS_3),
     Row(id="thoughts-2-sse-v1beta", steps=("thoughts:2",), attempts=1, stream=True, result={**SUCCESS_3, "drafts": 2}),
     Row(
         id="thoughts-2-sse-v1",
@@ -522,6 +531,16 @@ ROWS: list[Row] = [
         stream=True,
         error={"http_status": 400, "signature_position": (1, 1)},
     ),
+    Row(
+        id="400-missing-text-thought-signature-gemini-3",
+        steps=("ok",),
+        attempts=1,
+        failures=(K.MISSING_THOUGHT_SIGNATURE,),
+        stop=NOT_RETRYABLE,
+        history="unsigned-text",
+        # "Text part is missing a thought_signature in content position 2, part position 1".
+        error={"http_status": 400, "signature_position": (1, 0)},
+    ),
     Row(id="signed-history-gemini-3", steps=("ok",), attempts=1, history="signed", result=SUCCESS_3),
     Row(id="skip-sentinel-history-gemini-3", steps=("ok",), attempts=1, history="sentinel", result=SUCCESS_3),
     Row(
@@ -565,18 +584,26 @@ def build_request(row: Row, marker: str) -> UpstreamRequest:
     """A prompt carrying the scenario's marker, after the row's history (if any)."""
     prompt = Content("user", (Part(text=f"{marker} a lighthouse at dusk"),))
     if not row.history:
-        return UpstreamRequest(model=row.model, contents=(prompt,), aspect_ratio=ASPECT, include_thoughts=row.stream)
-    signature = {
-        "unsigned": None,
-        "signed": image_signature(HISTORY_IMAGE),
-        "sentinel": SKIP_SENTINEL.encode(),
+        return UpstreamRequest(
+            model=row.model,
+            contents=(prompt,),
+            aspect_ratio=ASPECT,
+            include_thoughts=row.stream or row.include_thoughts,
+        )
+    model_text = "Here is your lighthouse."
+    # Gemini 3 signs the first text of a model turn as well as the image.
+    signature, text_sig = {
+        "unsigned": (None, text_signature(model_text)),
+        "unsigned-text": (image_signature(HISTORY_IMAGE), None),
+        "signed": (image_signature(HISTORY_IMAGE), text_signature(model_text)),
+        "sentinel": (SKIP_SENTINEL.encode(), SKIP_SENTINEL.encode()),
     }[row.history]
     history = (
         Content("user", (Part(text="a lighthouse"),)),
         Content(
             "model",
             (
-                Part(text="Here is your lighthouse."),
+                Part(text=model_text, thought_signature=text_sig),
                 Part(image=InlineImage(HISTORY_IMAGE, "image/png"), thought_signature=signature),
             ),
         ),

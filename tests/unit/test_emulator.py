@@ -444,6 +444,49 @@ async def test_thought_signature_round_trip_and_errors(emu: Emulator, http: aioh
     assert (await post(http, emu, history(unsigned), model=NB25)).status == 200
 
 
+async def test_first_text_part_of_a_model_turn_needs_its_signature(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """Gemini 3 signs, and then requires, the first non-thought text of a model turn as well as images."""
+    first = await post(http, emu, prompt("a cat", seed=1))
+    text, image = first.parts
+    thought = {"text": "planning", "thought": True}
+
+    async def refine(*parts: Json, model: str = PRO) -> Call:
+        body = {
+            "contents": [
+                {"role": "user", "parts": [{"text": "a cat"}]},
+                {"role": "model", "parts": list(parts)},
+                {"role": "user", "parts": [{"text": "make it blue"}]},
+            ]
+        }
+        return await post(http, emu, body, model=model)
+
+    unsigned_text = {"text": text["text"]}
+    missing = await refine(unsigned_text, image)
+    assert missing.status == 400
+    assert missing.error == {
+        "code": 400,
+        "status": "INVALID_ARGUMENT",
+        "message": "Text part is missing a thought_signature in content position 2, part position 1. "
+        "Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures#model-behavior for more details.",
+    }
+    # Thought parts are skipped: the first text after them is the one that must be signed.
+    after_thought = await refine(thought, unsigned_text, image)
+    assert after_thought.status == 400
+    assert (
+        "Text part is missing a thought_signature in content position 2, part position 2."
+        in (after_thought.error["message"])
+    )
+    assert (await refine(thought, text, image)).status == 200
+    # Text after an image, or a second text, carries none and needs none.
+    assert (await refine(image, {"text": "and a note"})).status == 200
+    assert (await refine(text, {"text": "more"}, image)).status == 200
+    # A text signature that does not belong to the text is a corrupted round trip.
+    moved = await refine({"text": "other words", "thoughtSignature": text["thoughtSignature"]}, image)
+    assert moved.status == 400 and "Text part" in moved.error["message"]
+    # Gemini 2.5 does not check.
+    assert (await refine(unsigned_text, {"inlineData": image["inlineData"]}, model=NB25)).status == 200
+
+
 # --- fault steps ----------------------------------------------------------------------
 
 
@@ -565,7 +608,8 @@ async def test_malformed_bodies(emu: Emulator, http: aiohttp.ClientSession) -> N
 
 async def test_sse_framing_and_drafts(emu: Emulator, http: aiohttp.ClientSession) -> None:
     scenario = emu.scenario("thoughts:2")
-    call = await post(http, emu, prompt(scenario.mark("a fox"), seed=2), stream=True)
+    body = prompt(scenario.mark("a fox"), seed=2, thinkingConfig={"includeThoughts": True})
+    call = await post(http, emu, body, stream=True)
     assert call.status == 200 and call.headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(call.raw)
     parts = [p for e in events for p in e["candidates"][0]["content"]["parts"]]
@@ -580,7 +624,7 @@ async def test_sse_framing_and_drafts(emu: Emulator, http: aiohttp.ClientSession
     assert [list(p) for p in final] == [["inlineData", "thoughtSignature"]]
     assert len({e["responseId"] for e in events}) == 1
     # The unary twin carries the same final image.
-    unary = await post(http, emu, prompt(scenario.mark("a fox"), seed=2))
+    unary = await post(http, emu, body)
     assert unary.parts[-1] == final[0]
     assert [bool(p.get("thought")) for p in unary.parts] == [True, True, True, False, False]
 
@@ -598,6 +642,29 @@ async def test_include_thoughts_shows_thought_text_and_json_array_stream(
     array = await post(http, emu, body, target=url(emu, method="streamGenerateContent"))
     chunks = array.json
     assert isinstance(chunks, list) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thought_parts_only_with_include_thoughts(
+    emu: Emulator, http: aiohttp.ClientSession, stream: bool
+) -> None:
+    """Thought parts (summary and drafts) only with thinkingConfig.includeThoughts; thinking is billed anyway."""
+    scenario = emu.scenario("thoughts:2")
+
+    async def thought_parts(**config: Any) -> tuple[list[Json], Json]:
+        call = await post(http, emu, prompt(scenario.mark("a fox"), seed=4, **config), stream=stream)
+        assert call.status == 200, call.raw[:300]
+        chunks = sse_events(call.raw) if stream else [call.json]
+        parts = [p for c in chunks for p in c["candidates"][0].get("content", {}).get("parts", [])]
+        return [p for p in parts if p.get("thought")], chunks[-1]["usageMetadata"]
+
+    hidden, usage = await thought_parts()
+    assert hidden == [] and usage["thoughtsTokenCount"] > 0
+    assert (await thought_parts(thinkingConfig={"includeThoughts": False}))[0] == []
+    assert (await thought_parts(thinkingConfig={"thinkingLevel": "HIGH"}))[0] == []
+    shown, shown_usage = await thought_parts(thinking_config={"include_thoughts": True})
+    assert [sorted(p) for p in shown] == [["text", "thought"], ["inlineData", "thought"], ["inlineData", "thought"]]
+    assert shown_usage["thoughtsTokenCount"] == usage["thoughtsTokenCount"]
 
 
 async def test_stream_errors_are_plain_json(emu: Emulator, http: aiohttp.ClientSession) -> None:
@@ -671,7 +738,7 @@ async def test_abort_during_slow_sse_body_is_counted(emu: Emulator, http: aiohtt
     scenario = emu.scenario("thoughts:1+slow_body:10")
     async with http.post(
         url(emu, method="streamGenerateContent?alt=sse"),
-        json=prompt(scenario.mark("x")),
+        json=prompt(scenario.mark("x"), thinkingConfig={"includeThoughts": True}),
         headers={"x-goog-api-key": emu.api_key},
     ) as resp:
         first = json.loads((await resp.content.readline()).removeprefix(b"data: "))

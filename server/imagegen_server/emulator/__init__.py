@@ -18,7 +18,7 @@ from .app import DEFAULT_API_KEY, EmulatorState, create_app
 from .cli import emulator_main
 from .scenarios import SCENARIO_HEADER, Scenario, ScenarioStats
 from .server import Emulator
-from .signatures import SKIP_SENTINEL, image_signature
+from .signatures import SKIP_SENTINEL, image_signature, text_signature
 from .steps import Step, parse_step
 
 __all__ = [
@@ -34,4 +34,5 @@ __all__ = [
     "emulator_main",
     "image_signature",
     "parse_step",
+    "text_signature",
 ]

@@ -114,15 +114,18 @@ async def build_answer(
         height=height,
         image_digests=call.image_digests,
     )
-    # Gemini 3 always thinks but shows its thought summary only with
-    # includeThoughts; draft images appear only when a thoughts:N step asks
-    # for them, so plain requests stay predictable for tests.
+    # Gemini 3 always thinks (and bills it), but thought parts, the summary
+    # and any draft images, are sent only when the request sets
+    # generationConfig.thinkingConfig.includeThoughts (gemini-api.md section 3).
+    # Draft images appear only when a thoughts:N step asks for them, so plain
+    # requests stay predictable for tests.
     drafts = step.thoughts or 0
-    if drafts or (thinks and call.include_thoughts):
-        answer.add([{"text": THOUGHT_TEXT, "thought": True}])
-    for n in range(1, drafts + 1):
-        png = await renderer.render(replace(key, draft=n))
-        answer.add([image_part(png, thought=True)])
+    if call.include_thoughts:
+        if thinks or drafts:
+            answer.add([{"text": THOUGHT_TEXT, "thought": True}])
+        for n in range(1, drafts + 1):
+            png = await renderer.render(replace(key, draft=n))
+            answer.add([image_part(png, thought=True)])
     thought_tokens = (THOUGHT_TOKENS_BASE if thinks else 0) + THOUGHT_TOKENS_PER_DRAFT * drafts
 
     if step.outcome in {"output_blocked", "no_image", "image_other"}:

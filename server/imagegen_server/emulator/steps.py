@@ -46,7 +46,9 @@ Modifiers:
                             last), then the rest after S seconds
 ``cut_body``                send part of the body, then close the connection
 ``thoughts:N``              N ``thought: true`` draft images before the answer (SSE:
-                            in earlier events); with ``ok`` or a no-image 200 outcome
+                            in earlier events); with ``ok`` or a no-image 200 outcome.
+                            Like all thought parts they are sent only when the request
+                            sets ``thinkingConfig.includeThoughts`` (still billed if not)
 ``bad_json``                the (last) JSON body or event is cut in half
 ``bad_base64``              the final image's ``data`` is not base64 (``ok`` only)
 ``not_image``               valid base64 of bytes that are not a PNG (``ok`` only)

@@ -235,17 +235,23 @@ def _inline_image(part: _Part) -> bytes | None:
     return data
 
 
-def _check_signature(part: _Part, image: bytes | None) -> None:
-    """Gemini 3 image models: model image parts must carry the signature we issued."""
+def _check_signature(part: _Part, image: bytes | None, *, first_visible: bool) -> None:
+    """Gemini 3 image models: signed model parts must carry the signature we issued.
+
+    Gemini signs every non-thought image and the first non-thought part of a
+    model turn when it is text (gemini-api.md sections 3 and 5), and rejects a
+    history where either comes back without its signature. ``first_visible``
+    says this part is the first one of its model turn that is not a thought.
+    """
     if part.role != "model" or get_field(part.body, "thought") is True:
         return
     raw = get_field(part.body, "thoughtSignature")
     text = get_field(part.body, "text")
     kind = "Image" if image is not None else "Text"
     if raw is None or raw == "":
-        if image is not None:
+        if image is not None or (first_visible and text is not None):
             raise errors.missing_signature(kind, part.content_index, part.part_index)
-        return  # text parts are not required to carry one (only the first did)
+        return  # later text parts carry none
     path = f"contents[{part.content_index - 1}].parts[{part.part_index - 1}].thought_signature"
     signature = _bytes_field(raw, path)
     if is_skip_sentinel(raw, signature):
@@ -351,10 +357,13 @@ def parse_request(body: Any, spec: ModelSpec, version: str) -> GenerateCall:
     prompt_lines: list[str] = []
     digests: list[str] = []
     text_chars = 0
+    seen_visible: set[int] = set()  # contents that already had a non-thought part
     for part in _iter_parts(get_field(body, "contents")):
         image = _inline_image(part)
         if spec.requires_thought_signatures:
-            _check_signature(part, image)
+            _check_signature(part, image, first_visible=part.content_index not in seen_visible)
+        if get_field(part.body, "thought") is not True:
+            seen_visible.add(part.content_index)
         if image is not None:
             digests.append(hashlib.sha256(image).hexdigest())
         file_data = get_field(part.body, "fileData")
