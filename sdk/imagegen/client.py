@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -35,13 +35,11 @@ from imagegen._convert import (
     normalize_metadata,
 )
 from imagegen._retry import Attempts, ClientRetry
-from imagegen.errors import ImagegenError
-from imagegen.types import Completed, GenerationResult, ModelInfo, StreamEvent
+from imagegen._stream import AsyncEventStream, EventStream
+from imagegen.conversation import AsyncConversation, Conversation
+from imagegen.types import GenerationResult, ModelInfo, StreamEvent
 from imagegen.v1 import image_generation_service_pb2 as service_pb2
 from imagegen.v1 import image_generation_service_pb2_grpc as service_grpc
-
-if TYPE_CHECKING:
-    from imagegen.conversation import AsyncConversation, Conversation
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -128,108 +126,6 @@ class _ClientBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target={self._target!r})"
-
-
-class _EventStreamBase:
-    """The final result and the ``on_completed`` hook, shared by both event streams."""
-
-    def __init__(self, on_completed: Callable[[GenerationResult], None] | None) -> None:
-        self._on_completed = on_completed
-        #: The final result, once the :class:`Completed` event has been read.
-        self.result: GenerationResult | None = None
-
-    def _seen(self, event: StreamEvent) -> StreamEvent:
-        if isinstance(event, Completed):
-            self.result = event.result
-            if self._on_completed is not None:
-                self._on_completed(event.result)
-        return event
-
-    def _final(self) -> GenerationResult:
-        if self.result is None:
-            raise ImagegenError("stream ended without a result", code=grpc.StatusCode.INTERNAL)
-        return self.result
-
-
-class EventStream(_EventStreamBase, Iterator[StreamEvent]):
-    """The typed events of a ``generate_stream`` / ``refine_stream`` call (sync).
-
-    Iterate it; the last event of a successful stream is :class:`imagegen.Completed`,
-    and a failure raises an :class:`imagegen.ImagegenError` from the loop. Use it as a
-    context manager (or call :meth:`close`) to cancel the call when you stop early.
-    """
-
-    def __init__(
-        self,
-        events: Generator[StreamEvent, None, None],
-        on_completed: Callable[[GenerationResult], None] | None = None,
-    ) -> None:
-        super().__init__(on_completed)
-        self._events = events
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        return self._seen(next(self._events))
-
-    def final_result(self) -> GenerationResult:
-        """Consume the remaining events and return the generated result (raises on failure)."""
-        for _ in self:
-            pass
-        return self._final()
-
-    def close(self) -> None:
-        """Stop reading and cancel the call if it is still running."""
-        self._events.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class AsyncEventStream(_EventStreamBase, AsyncIterator[StreamEvent]):
-    """The typed events of an async ``generate_stream`` / ``refine_stream`` call.
-
-    ``async for`` over it; a failure raises an :class:`imagegen.ImagegenError`.
-    Use ``async with`` (or :meth:`aclose`) to cancel the call when you stop early.
-    """
-
-    def __init__(
-        self,
-        events: AsyncGenerator[StreamEvent, None],
-        on_completed: Callable[[GenerationResult], None] | None = None,
-    ) -> None:
-        super().__init__(on_completed)
-        self._events = events
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        return self._seen(await self._events.__anext__())
-
-    async def final_result(self) -> GenerationResult:
-        """Consume the remaining events and return the generated result (raises on failure)."""
-        async for _ in self:
-            pass
-        return self._final()
-
-    async def aclose(self) -> None:
-        """Stop reading and cancel the call if it is still running."""
-        await self._events.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class Client(_ClientBase):
@@ -361,8 +257,6 @@ class Client(_ClientBase):
         Same as ``Conversation.start(client, prompt, ...)``. Model and size options
         are kept for later turns (see :class:`imagegen.GenerationKwargs`).
         """
-        from imagegen.conversation import Conversation
-
         return Conversation.start(self, prompt, **options)
 
     # -------------------------------------------------------------------------------------- internals
@@ -504,8 +398,6 @@ class AsyncClient(_ClientBase):
 
     async def conversation(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncConversation:
         """Generate a first image and return an :class:`imagegen.AsyncConversation` to refine it."""
-        from imagegen.conversation import AsyncConversation
-
         return await AsyncConversation.start(self, prompt, **options)
 
     # -------------------------------------------------------------------------------------- internals

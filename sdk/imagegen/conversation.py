@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
+from typing import Any, Generic, Protocol, Self, TypeVar, Unpack
 
 from google.protobuf import json_format
 
 from imagegen._convert import GenerationKwargs, TurnInput, to_image_proto, to_turn_proto, user_turn
+from imagegen._stream import AsyncEventStream, EventStream
 from imagegen.types import GenerationResult, Turn
 from imagegen.v1 import image_pb2
 
-if TYPE_CHECKING:
-    from imagegen.client import AsyncClient, AsyncEventStream, Client, EventStream
-
-__all__ = ["FORMAT", "AsyncConversation", "Conversation"]
+__all__ = ["FORMAT", "AsyncConversation", "AsyncGenerationClient", "Conversation", "GenerationClient"]
 
 #: The ``format`` tag of :meth:`Conversation.to_json` documents.
 FORMAT = "imagegen.conversation.v1"
@@ -40,7 +38,56 @@ _SETTING_KEYS = ("model", *_SIZE_KEYS)
 _JSON_KEYS = {"model": "model", "width": "width", "height": "height"}
 _JSON_KEYS.update({"aspect_ratio": "aspectRatio", "image_size": "imageSize"})
 
-_ClientT = TypeVar("_ClientT", bound="Client | AsyncClient")
+
+class GenerationClient(Protocol):
+    """What a :class:`Conversation` needs of its client: the methods of :class:`imagegen.Client`."""
+
+    def generate(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
+        """See :meth:`imagegen.Client.generate`."""
+        ...
+
+    def refine(
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
+    ) -> GenerationResult:
+        """See :meth:`imagegen.Client.refine`."""
+        ...
+
+    def generate_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> EventStream:
+        """See :meth:`imagegen.Client.generate_stream`."""
+        ...
+
+    def refine_stream(
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
+    ) -> EventStream:
+        """See :meth:`imagegen.Client.refine_stream`."""
+        ...
+
+
+class AsyncGenerationClient(Protocol):
+    """What an :class:`AsyncConversation` needs of its client: the methods of :class:`imagegen.AsyncClient`."""
+
+    async def generate(self, prompt: str, **options: Unpack[GenerationKwargs]) -> GenerationResult:
+        """See :meth:`imagegen.AsyncClient.generate`."""
+        ...
+
+    async def refine(
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
+    ) -> GenerationResult:
+        """See :meth:`imagegen.AsyncClient.refine`."""
+        ...
+
+    def generate_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncEventStream:
+        """See :meth:`imagegen.AsyncClient.generate_stream`."""
+        ...
+
+    def refine_stream(
+        self, prompt: str, *, history: Iterable[TurnInput], **options: Unpack[GenerationKwargs]
+    ) -> AsyncEventStream:
+        """See :meth:`imagegen.AsyncClient.refine_stream`."""
+        ...
+
+
+_ClientT = TypeVar("_ClientT", bound=GenerationClient | AsyncGenerationClient)
 
 
 class _ConversationState(Generic[_ClientT]):
@@ -181,7 +228,7 @@ class _ConversationState(Generic[_ClientT]):
         return history, settings, last
 
 
-class Conversation(_ConversationState["Client"]):
+class Conversation(_ConversationState[GenerationClient]):
     """A multi-turn editing session on a sync :class:`imagegen.Client`.
 
     Start one with :meth:`start` (or ``client.conversation(prompt)``), or build an
@@ -191,7 +238,7 @@ class Conversation(_ConversationState["Client"]):
     """
 
     @classmethod
-    def start(cls, client: Client, prompt: str, **options: Unpack[GenerationKwargs]) -> Conversation:
+    def start(cls, client: GenerationClient, prompt: str, **options: Unpack[GenerationKwargs]) -> Conversation:
         """Generate the first image and return the conversation holding it.
 
         Options: :class:`imagegen.GenerationKwargs`; the model and size options are kept for later turns.
@@ -215,21 +262,22 @@ class Conversation(_ConversationState["Client"]):
 
     def refine_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> EventStream:
         """Like :meth:`refine`, streaming progress events; the turn is recorded when ``Completed`` arrives."""
-        from imagegen.client import EventStream
-
         images, turn = self._turn(options)
         if self._history:
             stream = self.client.refine_stream(prompt, history=tuple(self._history), **turn)
         else:
             stream = self.client.generate_stream(prompt, **turn)
-        return EventStream(stream._events, on_completed=lambda result: self._record(prompt, images, result))
+        stream.add_result_callback(lambda result: self._record(prompt, images, result))
+        return stream
 
 
-class AsyncConversation(_ConversationState["AsyncClient"]):
+class AsyncConversation(_ConversationState[AsyncGenerationClient]):
     """A multi-turn editing session on an :class:`imagegen.AsyncClient`; see :class:`Conversation`."""
 
     @classmethod
-    async def start(cls, client: AsyncClient, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncConversation:
+    async def start(
+        cls, client: AsyncGenerationClient, prompt: str, **options: Unpack[GenerationKwargs]
+    ) -> AsyncConversation:
         """Generate the first image and return the conversation holding it; see :meth:`Conversation.start`."""
         conversation = cls(client, **cls._settings_of(options))
         await conversation.refine(prompt, **options)
@@ -247,11 +295,10 @@ class AsyncConversation(_ConversationState["AsyncClient"]):
 
     def refine_stream(self, prompt: str, **options: Unpack[GenerationKwargs]) -> AsyncEventStream:
         """Like :meth:`refine`, streaming progress events; the turn is recorded when ``Completed`` arrives."""
-        from imagegen.client import AsyncEventStream
-
         images, turn = self._turn(options)
         if self._history:
             stream = self.client.refine_stream(prompt, history=tuple(self._history), **turn)
         else:
             stream = self.client.generate_stream(prompt, **turn)
-        return AsyncEventStream(stream._events, on_completed=lambda result: self._record(prompt, images, result))
+        stream.add_result_callback(lambda result: self._record(prompt, images, result))
+        return stream

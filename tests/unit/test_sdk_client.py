@@ -150,6 +150,20 @@ def test_stream_final_result(client: imagegen.Client) -> None:
     assert result.seed == 9
 
 
+def test_stream_result_callbacks_run_in_order_on_completed(client: imagegen.Client) -> None:
+    seen: list[str] = []
+    stream = client.generate_stream("x", seed=5)
+    stream.add_result_callback(lambda result: seen.append(f"first {result.seed}"))
+    stream.add_result_callback(lambda result: seen.append(f"second {result.seed}"))
+    kinds = []
+    for event in stream:
+        kinds.append(event.kind)
+        if event.kind != "completed":
+            assert seen == []
+    assert kinds[-1] == "completed"
+    assert seen == ["first 5", "second 5"]
+
+
 def test_refine_stream(server: FakeServer, client: imagegen.Client) -> None:
     first = client.generate("a fox")
     user = imagegen.Turn("user", (imagegen.Part(text="a fox"),))
