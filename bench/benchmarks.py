@@ -18,6 +18,7 @@ from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.gemini.types import UpstreamRequest
+from imagegen_server.translation import to_upstream
 from imagegen_server.validation import validate
 
 # Targets apply to p50 latency; bench/README.md says why each is what it is.
@@ -43,7 +44,9 @@ def embedded_emulator(server: RunningServer) -> Emulator:
 def upstream_request(image_size: str) -> UpstreamRequest:
     """Exactly the upstream request the server sends for the benchmark prompt."""
     options = pb.GenerationOptions(aspect_ratio="1:1", image_size=image_size, seed=SEED)
-    return validate(pb.GenerateRequest(prompt=PROMPT, options=options), ServerConfig()).upstream
+    return to_upstream(
+        validate(pb.GenerateRequest(prompt=PROMPT, options=options), ServerConfig()), ServerConfig(), seed=SEED
+    )
 
 
 async def gateway_overhead(server: RunningServer, client: AsyncClient, config: BenchConfig) -> list[Result]:

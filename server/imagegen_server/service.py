@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
@@ -40,7 +41,8 @@ from imagegen_server.retry import (
     RetryPolicy,
     call_with_retries,
 )
-from imagegen_server.validation import GenerationMessage, ValidatedRequest, validate
+from imagegen_server.translation import choose_seed, to_upstream
+from imagegen_server.validation import GenerationMessage, validate
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,11 @@ class Pipeline:
         *,
         clock: Clock = MONOTONIC_CLOCK,
         metrics: Metrics | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._config = config
+        #: Draws the seed of requests that bring none.
+        self._rng = rng or random.SystemRandom()
         self._metrics = metrics
         self._upstream = upstream
         self._clock = clock
@@ -170,6 +175,7 @@ class Pipeline:
         start = self._clock.now()
         deadline = None if time_remaining is None else start + time_remaining - DEADLINE_MARGIN
         validated = validate(request, self._config, history=history)
+        upstream = to_upstream(validated, self._config, seed=choose_seed(validated.seed, self._rng), previews=previews)
         generation_id = uuid.uuid4().hex
         meta["generationId"] = generation_id
         bind_generation(generation_id)
@@ -189,7 +195,7 @@ class Pipeline:
                     yield event
                 return
             try:
-                async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
+                async for event in self._generate(upstream, validated.request_id, generation_id, meta, start, deadline):
                     if isinstance(event, image_pb2.Generation):
                         self._cache.resolve(f"{method}:{key}", event)
                     yield event
@@ -197,7 +203,7 @@ class Pipeline:
                 self._cache.fail(f"{method}:{key}", _for_followers(exc, meta))
                 raise
             return
-        async for event in self._generate(validated, generation_id, meta, start, deadline, previews):
+        async for event in self._generate(upstream, validated.request_id, generation_id, meta, start, deadline):
             yield event
 
     async def _follow(self, shared: asyncio.Future[image_pb2.Generation], start: float) -> AsyncIterator[Event]:
@@ -215,32 +221,28 @@ class Pipeline:
 
     async def _generate(
         self,
-        validated: ValidatedRequest,
+        upstream: UpstreamRequest,
+        request_id: str,
         generation_id: str,
         meta: dict[str, str],
         start: float,
         deadline: float | None,
-        previews: bool,
     ) -> AsyncIterator[Event]:
         await self._acquire_slot(deadline, meta)
         try:
             yield pb.Accepted(
                 generation_id=generation_id,
-                seed=validated.seed,
-                model=validated.spec.name,
+                seed=upstream.seed or 0,  # translation always sets it
+                model=upstream.model,
                 max_attempts=self._policy.max_attempts,
-                aspect_ratio=validated.aspect_ratio,
-                image_size=validated.image_size,
+                aspect_ratio=upstream.aspect_ratio or "",
+                image_size=upstream.image_size or "",
             )
             sink = _EventQueue(self._metrics)
-            upstream_request = validated.upstream
-            if previews:
-                # Ask for thought images so drafts can be forwarded as previews.
-                upstream_request = replace(upstream_request, include_thoughts=True)
-            on_draft = sink.draft if previews else None
+            on_draft = sink.draft if upstream.include_thoughts else None
 
             async def attempt(timeout: float | None) -> UpstreamResult:
-                return await self._upstream.generate(upstream_request, timeout=timeout, on_draft=on_draft)
+                return await self._upstream.generate(upstream, timeout=timeout, on_draft=on_draft)
 
             task = asyncio.create_task(
                 call_with_retries(
@@ -276,11 +278,11 @@ class Pipeline:
             log.info(
                 "generation %s done: model=%s attempts=%d %.2fs",
                 generation_id,
-                validated.spec.name,
+                upstream.model,
                 outcome.attempts,
                 elapsed,
             )
-            yield _generation(validated, outcome.value, generation_id, outcome.attempts, elapsed)
+            yield _generation(upstream, request_id, outcome.value, generation_id, outcome.attempts, elapsed)
         finally:
             self._slots.release()
 
@@ -353,7 +355,12 @@ def _finish_reason(name: str) -> image_pb2.FinishReason.ValueType:
 
 
 def _generation(
-    validated: ValidatedRequest, result: UpstreamResult, generation_id: str, attempts: int, elapsed: float
+    upstream: UpstreamRequest,
+    request_id: str,
+    result: UpstreamResult,
+    generation_id: str,
+    attempts: int,
+    elapsed: float,
 ) -> image_pb2.Generation:
     turn = image_pb2.Turn(role=image_pb2.ROLE_MODEL)
     for part in result.parts:
@@ -372,8 +379,8 @@ def _generation(
             data=result.image.data, mime_type=result.image.mime_type, width=result.width, height=result.height
         ),
         generation_id=generation_id,
-        seed=validated.seed,
-        model=validated.spec.name,
+        seed=upstream.seed or 0,
+        model=upstream.model,
         model_version=result.model_version,
         attempts=attempts,
         inference_time=errors.duration(elapsed),
@@ -386,10 +393,10 @@ def _generation(
             thoughts_tokens=result.usage.thoughts_tokens,
             total_tokens=result.usage.total_tokens,
         ),
-        aspect_ratio=validated.aspect_ratio,
-        image_size=validated.image_size,
+        aspect_ratio=upstream.aspect_ratio or "",
+        image_size=upstream.image_size or "",
         model_turn=turn,
-        request_id=validated.request_id,
+        request_id=request_id,
         response_id=result.response_id,
     )
 

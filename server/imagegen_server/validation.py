@@ -1,29 +1,35 @@
 """Check every request field before anything goes upstream.
 
 Turns a Generate/Refine request message into a :class:`ValidatedRequest` (the
-upstream request plus what the response needs), or raises INVALID_ARGUMENT with
-one BadRequest field violation per bad field, named by its proto path.
+caller's values, checked and typed), or raises INVALID_ARGUMENT with one
+BadRequest field violation per bad field, named by its proto path. Every field
+is checked before raising, so the caller learns all its mistakes at once.
+
+Nothing here decides what Gemini is asked (defaults, seed, system instruction):
+that is :mod:`imagegen_server.translation`.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from imagegen.v1 import image_pb2
 from imagegen.v1.image_generation_service_pb2 import GenerationOptions
 from imagegen_server import errors
-from imagegen_server.config import DEFAULT_CONSTRAINT, ServerConfig
+from imagegen_server.config import ServerConfig
 from imagegen_server.errors import FieldViolation
-from imagegen_server.gemini.types import Content, InlineImage, Part, UpstreamRequest
+from imagegen_server.gemini.types import Content, InlineImage, Part, Role
 from imagegen_server.imagetypes import SUPPORTED_INPUT_TYPES, same_type, sniff_mime_type
 from imagegen_server.models import ModelSpec, find_model
 
 MIN_SIDE, MAX_SIDE = 64, 8192
 MAX_REQUEST_ID_CHARS = 128
-SEED_RANGE = 2**31
+#: The input image limit applied when the model itself is invalid.
+DEFAULT_MAX_INPUT_IMAGES = 14
+
+_ROLES: Final[Mapping[image_pb2.Role.ValueType, Role]] = {image_pb2.ROLE_USER: "user", image_pb2.ROLE_MODEL: "model"}
 
 
 class GenerationMessage(Protocol):
@@ -51,17 +57,29 @@ class GenerationMessage(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ValidatedRequest:
-    """A request that passed validation, ready for the retry loop."""
+    """What the caller asked for, every field checked; no defaults applied yet."""
 
-    upstream: UpstreamRequest
+    prompt: str
+    #: The requested (or default) model, known and allowed.
     spec: ModelSpec
-    seed: int
+    #: Requested output size in pixels, both within limits; both 0 when not given.
+    width: int
+    height: int
+    #: As requested and supported by ``spec``; ``""`` when not given.
     aspect_ratio: str
     image_size: str
+    #: The caller's seed; ``None`` when the server should pick one.
+    seed: int | None
     request_id: str
-    #: Number of history turns before the new user turn (maps Gemini content
-    #: positions back to ``history[i]``).
-    history_len: int
+    #: This turn's reference images, with their detected media types.
+    input_images: tuple[InlineImage, ...]
+    #: Refine's conversation so far (signatures kept byte for byte); empty for Generate.
+    history: tuple[Content, ...]
+
+    @property
+    def history_len(self) -> int:
+        """Turns before the new user turn (maps Gemini content positions back to ``history[i]``)."""
+        return len(self.history)
 
 
 def validate(
@@ -69,98 +87,100 @@ def validate(
     config: ServerConfig,
     *,
     history: Sequence[image_pb2.Turn] | None = None,
-    rng: random.Random | None = None,
 ) -> ValidatedRequest:
-    """Validate a request; ``history`` is given for Refine (required there)."""
+    """Check a request; ``history`` is given for Refine (required there)."""
     bad: list[FieldViolation] = []
     opts = request.options
+    prompt = _check_prompt(request.prompt, config, bad)
+    spec = _check_model(opts.model or config.default_model, config, bad)
+    width, height = _check_pixel_size(opts.width, opts.height, bad)
+    request_id = _check_request_id(opts.request_id, bad)
+    aspect_ratio = _check_aspect_ratio(opts.aspect_ratio, spec, bad)
+    image_size = _check_image_size(opts.image_size, spec, bad)
+    images = _check_input_images(request.input_images, spec, config, bad)
+    turns = _check_history(history, spec, config, bad) if history is not None else ()
+    if bad:
+        raise errors.invalid_request(bad, {"requestId": opts.request_id})
+    assert spec is not None  # a None spec always added a violation
+    return ValidatedRequest(
+        prompt=prompt,
+        spec=spec,
+        width=width,
+        height=height,
+        aspect_ratio=aspect_ratio,
+        image_size=image_size,
+        seed=opts.seed if opts.HasField("seed") else None,
+        request_id=request_id,
+        input_images=images,
+        history=turns,
+    )
 
-    prompt = request.prompt
+
+def _check_prompt(prompt: str, config: ServerConfig, bad: list[FieldViolation]) -> str:
     if not prompt.strip():
         bad.append(FieldViolation("prompt", "must not be empty"))
     elif len(prompt) > config.max_prompt_chars:
         bad.append(FieldViolation("prompt", f"must be at most {config.max_prompt_chars} characters"))
+    return prompt
 
-    model_name = opts.model or config.default_model
-    spec = find_model(model_name)
-    if spec is None or (spec.name not in config.allowed_models and model_name not in config.allowed_models):
-        allowed = ", ".join(config.allowed_models)
-        bad.append(
-            FieldViolation("options.model", f"unknown or not allowed model {model_name!r}; use one of: {allowed}")
-        )
-        spec = None
 
-    width, height = opts.width, opts.height
+def _check_model(name: str, config: ServerConfig, bad: list[FieldViolation]) -> ModelSpec | None:
+    spec = find_model(name)
+    # Either the canonical name or the alias the caller used may be on the allow list.
+    if spec is not None and (spec.name in config.allowed_models or name in config.allowed_models):
+        return spec
+    allowed = ", ".join(config.allowed_models)
+    bad.append(FieldViolation("options.model", f"unknown or not allowed model {name!r}; use one of: {allowed}"))
+    return None
+
+
+def _check_pixel_size(width: int, height: int, bad: list[FieldViolation]) -> tuple[int, int]:
     for name, value in (("width", width), ("height", height)):
         if value and not MIN_SIDE <= value <= MAX_SIDE:
             bad.append(FieldViolation(f"options.{name}", f"must be between {MIN_SIDE} and {MAX_SIDE} pixels"))
     if bool(width) != bool(height):
         missing = "height" if width else "width"
         bad.append(FieldViolation(f"options.{missing}", "width and height must be given together"))
+    return width, height
 
-    if len(opts.request_id) > MAX_REQUEST_ID_CHARS or not opts.request_id.isprintable():
+
+def _check_request_id(request_id: str, bad: list[FieldViolation]) -> str:
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
         bad.append(FieldViolation("options.request_id", f"must be printable and at most {MAX_REQUEST_ID_CHARS} chars"))
+    return request_id
 
-    aspect_ratio, image_size = "", ""
-    if spec is not None:
-        if opts.aspect_ratio and opts.aspect_ratio not in spec.aspect_ratios:
-            bad.append(
-                FieldViolation(
-                    "options.aspect_ratio",
-                    f"{opts.aspect_ratio!r} is not supported by {spec.name}; use one of: "
-                    + ", ".join(spec.aspect_ratios),
-                )
-            )
-        if opts.image_size and opts.image_size not in spec.image_sizes:
-            supported = ", ".join(spec.image_sizes) if spec.image_sizes else "none (leave it empty)"
-            bad.append(
-                FieldViolation(
-                    "options.image_size",
-                    f"{opts.image_size!r} is not supported by {spec.name}; supported: {supported}",
-                )
-            )
-        derived_ratio, derived_size = ("", "")
-        if width and height and MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE:
-            derived_ratio, derived_size = spec.nearest(width, height)
-        has_reference = bool(request.input_images) or bool(history)
-        # Without a size or a reference image Gemini draws 1:1; with a reference
-        # and no size it keeps the reference's shape, so we leave it unset.
-        aspect_ratio = opts.aspect_ratio or derived_ratio or ("" if has_reference else "1:1")
-        image_size = opts.image_size or derived_size or spec.default_image_size
 
-    max_images = spec.max_input_images if spec is not None else 14
-    if len(request.input_images) > max_images:
+def _check_aspect_ratio(aspect_ratio: str, spec: ModelSpec | None, bad: list[FieldViolation]) -> str:
+    # Without a valid model there is nothing to check against (the model is already reported).
+    if spec is not None and aspect_ratio and aspect_ratio not in spec.aspect_ratios:
+        supported = ", ".join(spec.aspect_ratios)
+        bad.append(
+            FieldViolation(
+                "options.aspect_ratio", f"{aspect_ratio!r} is not supported by {spec.name}; use one of: {supported}"
+            )
+        )
+    return aspect_ratio
+
+
+def _check_image_size(image_size: str, spec: ModelSpec | None, bad: list[FieldViolation]) -> str:
+    if spec is not None and image_size and image_size not in spec.image_sizes:
+        supported = ", ".join(spec.image_sizes) if spec.image_sizes else "none (leave it empty)"
+        bad.append(
+            FieldViolation(
+                "options.image_size", f"{image_size!r} is not supported by {spec.name}; supported: {supported}"
+            )
+        )
+    return image_size
+
+
+def _check_input_images(
+    images: Sequence[image_pb2.Image], spec: ModelSpec | None, config: ServerConfig, bad: list[FieldViolation]
+) -> tuple[InlineImage, ...]:
+    max_images = spec.max_input_images if spec is not None else DEFAULT_MAX_INPUT_IMAGES
+    if len(images) > max_images:
         bad.append(FieldViolation("input_images", f"at most {max_images} images per request"))
-    images = [_check_image(img, f"input_images[{i}]", config, bad) for i, img in enumerate(request.input_images)]
-
-    contents: list[Content] = []
-    if history is not None:
-        contents = _check_history(history, spec, config, bad)
-
-    if bad:
-        raise errors.invalid_request(bad, {"requestId": opts.request_id})
-    assert spec is not None  # a None spec always added a violation
-
-    user_parts = [Part(text=prompt)] + [Part(image=img) for img in images if img is not None]
-    contents.append(Content(role="user", parts=tuple(user_parts)))
-    seed = opts.seed if opts.HasField("seed") else (rng or random.SystemRandom()).randrange(SEED_RANGE)
-    upstream = UpstreamRequest(
-        model=spec.name,
-        contents=tuple(contents),
-        seed=seed,
-        aspect_ratio=aspect_ratio or None,
-        image_size=image_size or None,
-        system_instruction=DEFAULT_CONSTRAINT if config.strict_constraints else None,
-    )
-    return ValidatedRequest(
-        upstream=upstream,
-        spec=spec,
-        seed=seed,
-        aspect_ratio=aspect_ratio,
-        image_size=image_size,
-        request_id=opts.request_id,
-        history_len=len(contents) - 1,
-    )
+    checked = (_check_image(image, f"input_images[{i}]", config, bad) for i, image in enumerate(images))
+    return tuple(image for image in checked if image is not None)
 
 
 def _check_image(
@@ -188,57 +208,88 @@ def _check_image(
 
 def _check_history(
     history: Sequence[image_pb2.Turn], spec: ModelSpec | None, config: ServerConfig, bad: list[FieldViolation]
-) -> list[Content]:
+) -> tuple[Content, ...]:
     if not history:
         bad.append(FieldViolation("history", "Refine needs the conversation so far; use Generate to start one"))
-        return []
+        return ()
     if len(history) > config.max_history_turns:
         bad.append(FieldViolation("history", f"at most {config.max_history_turns} turns"))
-        return []
+        return ()
     contents: list[Content] = []
-    previous_role = ""
-    saw_model_turn = False
+    previous: Role | None = None
     for i, turn in enumerate(history):
-        role = {image_pb2.ROLE_USER: "user", image_pb2.ROLE_MODEL: "model"}.get(turn.role)
+        role = _check_role(turn.role, i, previous, bad)
         if role is None:
-            bad.append(FieldViolation(f"history[{i}].role", "must be ROLE_USER or ROLE_MODEL"))
             continue
-        if i == 0 and role != "user":
-            bad.append(FieldViolation(f"history[{i}].role", "the conversation must start with a user turn"))
-        if role == "model" and previous_role == "model":
-            bad.append(FieldViolation(f"history[{i}].role", "two model turns in a row; a user turn must separate them"))
-        previous_role = role
-        saw_model_turn = saw_model_turn or role == "model"
-        if not turn.parts:
-            bad.append(FieldViolation(f"history[{i}].parts", "a turn needs at least one part"))
-        parts: list[Part] = []
-        for j, part in enumerate(turn.parts):
-            path = f"history[{i}].parts[{j}]"
-            which = part.WhichOneof("data")
-            signature = part.thought_signature or None
-            if which == "text":
-                parts.append(Part(text=part.text, thought=part.thought, thought_signature=signature))
-            elif which == "image":
-                image = _check_image(part.image, f"{path}.image", config, bad)
-                if (
-                    role == "model"
-                    and not part.thought
-                    and not part.thought_signature
-                    and spec is not None
-                    and spec.requires_thought_signatures
-                ):
-                    bad.append(
-                        FieldViolation(
-                            f"{path}.thought_signature",
-                            f"{spec.name} requires the thought signature returned with this image; "
-                            "pass Generation.model_turn back unchanged",
-                        )
-                    )
-                if image is not None:
-                    parts.append(Part(image=image, thought=part.thought, thought_signature=signature))
-            else:
-                bad.append(FieldViolation(path, "a part needs text or an image"))
-        contents.append(Content(role=role, parts=tuple(parts)))  # type: ignore[arg-type]
-    if not saw_model_turn:
+        previous = role
+        contents.append(Content(role=role, parts=_check_parts(turn, i, role, spec, config, bad)))
+    if not any(content.role == "model" for content in contents):
         bad.append(FieldViolation("history", "must contain at least one model turn (the image to refine)"))
-    return contents
+    return tuple(contents)
+
+
+def _check_role(
+    value: image_pb2.Role.ValueType, i: int, previous: Role | None, bad: list[FieldViolation]
+) -> Role | None:
+    role = _ROLES.get(value)
+    path = f"history[{i}].role"
+    if role is None:
+        bad.append(FieldViolation(path, "must be ROLE_USER or ROLE_MODEL"))
+        return None
+    if i == 0 and role != "user":
+        bad.append(FieldViolation(path, "the conversation must start with a user turn"))
+    if role == "model" and previous == "model":
+        bad.append(FieldViolation(path, "two model turns in a row; a user turn must separate them"))
+    return role
+
+
+def _check_parts(
+    turn: image_pb2.Turn,
+    i: int,
+    role: Role,
+    spec: ModelSpec | None,
+    config: ServerConfig,
+    bad: list[FieldViolation],
+) -> tuple[Part, ...]:
+    if not turn.parts:
+        bad.append(FieldViolation(f"history[{i}].parts", "a turn needs at least one part"))
+    checked = (
+        _check_part(part, f"history[{i}].parts[{j}]", role, spec, config, bad) for j, part in enumerate(turn.parts)
+    )
+    return tuple(part for part in checked if part is not None)
+
+
+def _check_part(
+    part: image_pb2.Part,
+    path: str,
+    role: Role,
+    spec: ModelSpec | None,
+    config: ServerConfig,
+    bad: list[FieldViolation],
+) -> Part | None:
+    which = part.WhichOneof("data")
+    signature = part.thought_signature or None
+    if which == "text":
+        return Part(text=part.text, thought=part.thought, thought_signature=signature)
+    if which == "image":
+        image = _check_image(part.image, f"{path}.image", config, bad)
+        _check_signature(part, path, role, spec, bad)
+        return None if image is None else Part(image=image, thought=part.thought, thought_signature=signature)
+    bad.append(FieldViolation(path, "a part needs text or an image"))
+    return None
+
+
+def _check_signature(
+    part: image_pb2.Part, path: str, role: Role, spec: ModelSpec | None, bad: list[FieldViolation]
+) -> None:
+    """A final (non-thought) model image must carry the signature its model requires."""
+    if role != "model" or spec is None or not spec.requires_thought_signatures:
+        return
+    if not part.thought and not part.thought_signature:
+        bad.append(
+            FieldViolation(
+                f"{path}.thought_signature",
+                f"{spec.name} requires the thought signature returned with this image; "
+                "pass Generation.model_turn back unchanged",
+            )
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import random
 
 import grpc
 import pytest
@@ -47,31 +46,37 @@ def fails(request: pb.GenerateRequest | pb.RefineRequest, **kwargs: object) -> d
     return violations(info.value)
 
 
-def test_minimal_request_gets_defaults_and_a_seed() -> None:
-    v = validate(pb.GenerateRequest(prompt="a red fox"), CONFIG, rng=random.Random(1))
-    assert v.spec.name == "gemini-3.1-flash-image"
-    assert (v.aspect_ratio, v.image_size) == ("1:1", "1K")
-    assert 0 <= v.seed < 2**31
-    assert v.upstream.seed == v.seed
-    assert v.upstream.contents[-1].parts[0].text == "a red fox"
-    assert v.upstream.system_instruction  # the seed's constraint text, on by default
+def test_minimal_request_keeps_what_the_caller_sent_and_no_defaults() -> None:
+    v = validate(pb.GenerateRequest(prompt="a red fox"), CONFIG)
+    assert v.spec.name == "gemini-3.1-flash-image"  # the configured default model
+    assert (v.prompt, v.aspect_ratio, v.image_size, v.width, v.height) == ("a red fox", "", "", 0, 0)
+    assert v.seed is None  # the server picks one later (translation)
+    assert v.input_images == () and v.history == () and v.history_len == 0
 
 
 def test_seed_zero_is_kept() -> None:
     v = validate(pb.GenerateRequest(prompt="x", options=pb.GenerationOptions(seed=0)), CONFIG)
-    assert v.seed == 0 and v.upstream.seed == 0
+    assert v.seed == 0
 
 
-def test_width_height_map_to_ratio_and_tier() -> None:
-    v = validate(pb.GenerateRequest(prompt="x", options=pb.GenerationOptions(width=1920, height=1080)), CONFIG)
-    assert (v.aspect_ratio, v.image_size) == ("16:9", "2K")
+def test_checked_options_are_passed_through() -> None:
+    options = pb.GenerationOptions(
+        model="gemini-3-pro-image", width=1920, height=1080, aspect_ratio="4:3", image_size="2K", request_id="r-1"
+    )
+    v = validate(pb.GenerateRequest(prompt="x", options=options), CONFIG)
+    assert (v.spec.name, v.width, v.height, v.aspect_ratio, v.image_size, v.request_id) == (
+        "gemini-3-pro-image",
+        1920,
+        1080,
+        "4:3",
+        "2K",
+        "r-1",
+    )
 
 
 def test_input_image_type_is_detected_not_assumed() -> None:
     v = validate(pb.GenerateRequest(prompt="x", input_images=[image_pb2.Image(data=jpeg())]), CONFIG)
-    image = v.upstream.contents[-1].parts[1].image
-    assert image is not None and image.mime_type == "image/jpeg"
-    assert v.aspect_ratio == ""  # keep the reference's shape
+    assert [image.mime_type for image in v.input_images] == ["image/jpeg"]
 
 
 @pytest.mark.parametrize(
@@ -121,10 +126,11 @@ def test_history_round_trips_signatures_and_order() -> None:
         ),
     ]
     v = validate(pb.RefineRequest(prompt="make it blue", history=history), CONFIG, history=history)
-    model = v.upstream.contents[1]
-    assert model.role == "model"
-    assert [p.thought_signature for p in model.parts] == [b"\x00sigA", b"sigB\xff"]
-    assert v.upstream.contents[2].parts[0].text == "make it blue"
+    assert [turn.role for turn in v.history] == ["user", "model"]
+    assert [p.thought_signature for p in v.history[1].parts] == [b"\x00sigA", b"sigB\xff"]
+    image = v.history[1].parts[1].image
+    assert image is not None and image.mime_type == "image/png"
+    assert v.prompt == "make it blue"  # the new turn is not history
     assert v.history_len == 2
 
 
@@ -144,3 +150,38 @@ def test_history_problems_are_named() -> None:
 
 def test_refine_needs_history() -> None:
     assert "history" in fails(pb.RefineRequest(prompt="x"), history=[])
+
+
+def test_violations_say_how_to_fix_in_field_order() -> None:
+    history = [
+        _turn(image_pb2.ROLE_USER, image_pb2.Part(text="a cat")),
+        _turn(image_pb2.ROLE_MODEL, image_pb2.Part(image=image_pb2.Image(mime_type="image/png"))),
+    ]
+    request = pb.RefineRequest(
+        prompt="",
+        history=history,
+        options=pb.GenerationOptions(model="gemini-3-pro-image", aspect_ratio="7:3", width=1024),
+    )
+    with pytest.raises(ServiceError) as info:
+        validate(request, CONFIG, history=history)
+    bad = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad) for detail in info.value.status.details)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("prompt", "must not be empty"),
+        ("options.height", "width and height must be given together"),
+        (
+            "options.aspect_ratio",
+            "'7:3' is not supported by gemini-3-pro-image; use one of: "
+            "1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9",
+        ),
+        (
+            "history[1].parts[0].image.data",
+            "must not be empty (a Generation.model_turn omits the final image's bytes: "
+            "copy them from Generation.image.data)",
+        ),
+        (
+            "history[1].parts[0].thought_signature",
+            "gemini-3-pro-image requires the thought signature returned with this image; "
+            "pass Generation.model_turn back unchanged",
+        ),
+    ]
