@@ -11,11 +11,12 @@ import grpc
 import pytest
 
 import imagegen
-from imagegen import cli
 from imagegen._convert import event_from_response
-from imagegen._progress import LiveReporter, make_reporter
 from imagegen.testing import FakeError, FakeServer, FakeStream, make_generation, make_png, stream_events
 from imagegen.v1 import image_generation_service_pb2 as pb
+from imagegen_cli import files, main
+from imagegen_cli.exit_codes import exit_code_for
+from imagegen_cli.progress import LiveReporter, make_reporter
 
 S = grpc.StatusCode
 
@@ -33,7 +34,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(*argv: str) -> int:
-    return cli.main(list(argv))
+    return main.main(list(argv))
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -51,11 +52,11 @@ def test_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parser_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    args = cli.build_parser().parse_args(["generate", "a fox", "--input", "a.png", "--input", "b.png"])
+    args = main.build_parser().parse_args(["generate", "a fox", "--input", "a.png", "--input", "b.png"])
     assert args.target == imagegen.DEFAULT_TARGET and args.timeout == imagegen.DEFAULT_TIMEOUT
     assert args.input == ["a.png", "b.png"] and not args.stream and args.seed is None
     monkeypatch.setenv("IMAGEGEN_TARGET", "example:1234")
-    assert cli.build_parser().parse_args(["models"]).target == "example:1234"
+    assert main.build_parser().parse_args(["models"]).target == "example:1234"
 
 
 @pytest.mark.parametrize(
@@ -75,15 +76,15 @@ def test_parser_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_exit_code_for(error: imagegen.ImagegenError, code: int) -> None:
-    assert cli.exit_code_for(error) == code
+    assert exit_code_for(error) == code
 
 
 def test_output_names(tmp_path: Path) -> None:
-    assert cli.refine_output("fox.png") == Path("fox-2.png")
-    assert cli.refine_output("fox-2.png") == Path("fox-3.png")
+    assert files.refine_output("fox.png") == Path("fox-2.png")
+    assert files.refine_output("fox-2.png") == Path("fox-3.png")
     (tmp_path / "fox-2.png").write_bytes(b"x")
-    assert cli.refine_output("fox.png") == Path("fox-3.png")
-    assert cli.sidecar_path("out/fox.png") == Path("out/fox.png.imagegen.json")
+    assert files.refine_output("fox.png") == Path("fox-3.png")
+    assert files.sidecar_path("out/fox.png") == Path("out/fox.png.imagegen.json")
 
 
 # --------------------------------------------------------------------------------- generate / refine
@@ -102,7 +103,9 @@ def test_generate_writes_image_and_sidecar(
     )  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert out.startswith("fox.png  seed=7  size=16x16  model=gemini-3.1-flash-image  1 attempt  time=")
+    assert out.startswith(
+        "fox.png  asked 1024x1024, 1:1, 1K -> 16x16 (1:1, 1K)  seed=7  model=gemini-3.1-flash-image  1 attempt  time="
+    )
     assert (tmp_path / "fox.png").read_bytes().startswith(b"\x89PNG")
     sidecar = json.loads((tmp_path / "fox.png.imagegen.json").read_text())
     assert sidecar["format"] == "imagegen.conversation.v1"
@@ -258,7 +261,7 @@ def test_stream_plain_lines(server: FakeServer, tmp_path: Path, capsys: pytest.C
     assert lines[3] == "attempt 2/3 started"
     assert lines[4] == "preview 1 (4x4) saved to fox.preview-1.png"
     assert lines[5] == "preview 2 (4x4) saved to fox.preview-2.png"
-    assert lines[6].startswith("fox.png  seed=11")
+    assert lines[6].startswith("fox.png  ") and "  seed=11  " in lines[6]
     assert len(lines) == 7
     assert (tmp_path / "fox.preview-1.png").exists() and (tmp_path / "fox.preview-2.png").exists()
     assert (tmp_path / "fox.png.imagegen.json").exists()

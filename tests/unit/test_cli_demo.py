@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegen import cli
+from imagegen_cli.main import main
 
 pytest.importorskip("imagegen_server.app")
 
@@ -16,14 +16,14 @@ def test_demo_writes_images_and_prints_summary(
 ) -> None:
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "IMAGEGEN_UPSTREAM_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert cli.main(["demo", "--out-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("imagegen-demo.png", "imagegen-demo-refine-1.png", "imagegen-demo-refine-2.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "imagegen-demo-stream.png").exists()
-    assert f"{tmp_path / 'imagegen-demo.png'}  seed=7  size=1024x1024" in out
+    assert f"{tmp_path / 'imagegen-demo.png'}  asked 1024x1024 -> 1024x1024 (1:1, 1K)  seed=7" in out
     assert "embedded Gemini emulator" in out
     assert "attempt 1 failed: RESOURCE_EXHAUSTED UPSTREAM_RATE_LIMITED" in out
     assert "attempt 2 failed: UNAVAILABLE" in out
-    assert "attempts=3" in out
+    assert "  3 attempts  " in out
     assert out.rstrip().endswith("demo done")

@@ -1,4 +1,7 @@
-"""``imagegen demo``: start the server with the embedded emulator and exercise the SDK against it."""
+"""``imagegen demo``: start the server with the embedded emulator and exercise the SDK against it.
+
+This module imports the server package; :mod:`imagegen_cli.main` imports it only for ``imagegen demo``.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +11,16 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from imagegen._progress import describe_event
-from imagegen.client import AsyncClient
-from imagegen.types import Completed, GenerationResult
+from imagegen import AsyncClient, Completed
+from imagegen_cli.images import result_line
+from imagegen_cli.progress import describe_event
+from imagegen_server.app import run_server
+from imagegen_server.config import ServerConfig
 
 DEMO_PROMPT = "a red fox in fresh snow, watercolour"
 
 
-def _summary(path: Path, result: GenerationResult, elapsed: float) -> str:
-    return (
-        f"{path}  seed={result.seed}  size={result.width}x{result.height}  model={result.model}  "
-        f"attempts={result.attempts}  time={elapsed:.2f}s"
-    )
-
-
 async def _demo(out_dir: Path, out: TextIO) -> int:
-    try:
-        from imagegen_server.app import run_server
-        from imagegen_server.config import ServerConfig
-    except ImportError as exc:
-        print(f"imagegen demo needs the server package ({exc}): pip install 'imagegen[server]'", file=out)
-        return 1
-
     async with run_server(ServerConfig(port=0)) as running:
         upstream = "embedded Gemini emulator" if running.emulator is not None else "upstream Gemini"
         print(f"server listening on {running.target} ({upstream})", file=out, flush=True)
@@ -41,7 +32,7 @@ async def _demo(out_dir: Path, out: TextIO) -> int:
             assert chat.last is not None
             path = out_dir / "imagegen-demo.png"
             chat.last.save(path)
-            print(_summary(path, chat.last, time.monotonic() - started), file=out, flush=True)
+            print(result_line(path, chat.last, time.monotonic() - started, asked="1024x1024"), file=out, flush=True)
 
             # 2. Two refinements; the conversation keeps history and thought signatures.
             print("\n2. Refine twice with a Conversation", file=out, flush=True)
@@ -50,7 +41,7 @@ async def _demo(out_dir: Path, out: TextIO) -> int:
                 result = await chat.refine(edit)
                 path = out_dir / f"imagegen-demo-refine-{step}.png"
                 result.save(path)
-                print(f"{edit!r}: " + _summary(path, result, time.monotonic() - started), file=out, flush=True)
+                print(f"{edit!r}: " + result_line(path, result, time.monotonic() - started), file=out, flush=True)
             print(f"history: {len(chat.history)} turns", file=out, flush=True)
 
             # 3. A stream that survives injected upstream failures.
@@ -72,7 +63,7 @@ async def _demo(out_dir: Path, out: TextIO) -> int:
                     if isinstance(event, Completed):
                         path = out_dir / "imagegen-demo-stream.png"
                         event.result.save(path)
-                        print(_summary(path, event.result, time.monotonic() - started), file=out, flush=True)
+                        print(result_line(path, event.result, time.monotonic() - started), file=out, flush=True)
     print("\ndemo done", file=out, flush=True)
     return 0
 

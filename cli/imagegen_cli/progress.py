@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from imagegen.errors import ContentPolicyError, ImagegenError
-from imagegen.types import (
+from imagegen import (
     Accepted,
     AttemptFailed,
     AttemptStarted,
     Completed,
+    ContentPolicyError,
     GenerationResult,
     Heartbeat,
+    ImagegenError,
     Preview,
     StreamEvent,
 )
