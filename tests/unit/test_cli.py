@@ -228,9 +228,12 @@ def test_error_json(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> N
     assert data["error"] == "RateLimitError"
 
 
-def test_unreachable_server_exits_5(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_server_one_line_with_hint(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("generate", "x", "--target", "127.0.0.1:1", "--timeout", "5") == 5
-    assert "unavailable" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [
+        "imagegen: error: cannot reach an imagegen server at 127.0.0.1:1 (connection refused); "
+        "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
+    ]
 
 
 def test_client_retries_flag(server: FakeServer) -> None:
