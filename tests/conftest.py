@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any
@@ -14,6 +14,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.app import RunningServer, run_server
 from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import Emulator
+from imagegen_server.emulator.render import IMAGE_PROFILE_ENV
 
 #: A retry policy short enough that retried tests take milliseconds, not seconds.
 FAST = ServerConfig(
@@ -25,6 +26,15 @@ FAST = ServerConfig(
     heartbeat_interval=1.0,
     shutdown_grace=1.0,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def small_emulator_images() -> Iterator[None]:
+    """Emulators default to Gemini-sized images; tests use small ones for speed
+    (child processes inherit it). Tests that need real sizes ask for ``realistic``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(IMAGE_PROFILE_ENV, "small")
+        yield
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         emulator: Emulator | None = None
         api_key: str | None
         if config.uses_embedded_emulator:
-            emulator = await stack.enter_async_context(Emulator(host="127.0.0.1", port=0))
+            emulator = await stack.enter_async_context(
+                Emulator(host="127.0.0.1", port=0, image_profile=config.emulator_image_profile)
+            )
             log.warning(
                 "NO GEMINI_API_KEY: using the embedded Gemini emulator at %s (fake images, no network)",
                 emulator.base_url,

@@ -65,6 +65,9 @@ class ServerConfig:
     metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
     max_message_bytes: int = 64 * 1024 * 1024
+    #: Images of the embedded emulator: "realistic" (Gemini-sized PNGs) or
+    #: "small" (tiny, for fast tests); None: realistic.
+    emulator_image_profile: str | None = None
     #: Limits for validation.
     max_prompt_chars: int = 10_000
     max_input_image_bytes: int = 20 * 1024 * 1024
@@ -154,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_message_bytes",
         type=int,
         help="gRPC message size limit, both directions (default 64 MiB)",
+    )
+    p.add_argument(
+        "--emulator-image-profile",
+        dest="emulator_image_profile",
+        choices=["realistic", "small"],
+        help="embedded emulator's images: realistic (Gemini-sized, default) or small",
     )
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")

@@ -7,6 +7,7 @@ from types import TracebackType
 from aiohttp import web
 
 from .app import DEFAULT_API_KEY, EmulatorState, create_app
+from .render import Renderer
 from .scenarios import Scenario, ScenarioStats
 
 #: Handlers still running at shutdown (long latency steps) get this long.
@@ -21,11 +22,20 @@ class Emulator:
     scripts the answers of the requests that carry the scenario's marker.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str = DEFAULT_API_KEY) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = DEFAULT_API_KEY,
+        image_profile: str | None = None,
+    ) -> None:
         self.host = host
         self.api_key = api_key
         self._requested_port = port
-        self._state = EmulatorState(api_key=api_key)
+        # image_profile: "realistic" (Gemini-sized PNGs) or "small"; None reads
+        # $IMAGEGEN_EMULATOR_IMAGE_PROFILE, else realistic. ValueError if unknown.
+        self._state = EmulatorState(api_key=api_key, renderer=Renderer(image_profile))
         #: The aiohttp application (shared state included), for embedding elsewhere.
         self.app = create_app(api_key=api_key, state=self._state)
         self._runner: web.AppRunner | None = None
@@ -43,6 +53,11 @@ class Emulator:
         """``http://HOST:PORT`` with no trailing slash and no API version."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def image_profile(self) -> str:
+        """``realistic`` (Gemini-sized PNGs) or ``small``."""
+        return self._state.renderer.profile
 
     @property
     def unmarked(self) -> ScenarioStats:
