@@ -8,12 +8,23 @@ from dataclasses import dataclass
 
 import grpc
 
-from imagegen.errors import ImagegenError, QuotaExhaustedError, from_grpc_error
+from imagegen.errors import ImagegenError, QuotaExhaustedError, from_grpc_error, reason_name
+from imagegen.v1.error_reason_pb2 import ErrorReason
 
 __all__ = ["Attempts", "ClientRetry"]
 
 #: Reasons that mean the server rejected the call before doing any upstream work.
-_REJECTED_BEFORE_WORK = frozenset({"SHUTTING_DOWN", "OVERLOADED"})
+_REJECTED_BEFORE_WORK = frozenset(
+    reason_name(r)
+    for r in (
+        ErrorReason.ERROR_REASON_SHUTTING_DOWN,
+        ErrorReason.ERROR_REASON_OVERLOADED,
+        ErrorReason.ERROR_REASON_MEMORY_OVERLOADED,
+        ErrorReason.ERROR_REASON_CALLER_QUOTA_EXCEEDED,
+        ErrorReason.ERROR_REASON_CIRCUIT_OPEN,
+    )
+)
+_UPSTREAM_TIMEOUT = reason_name(ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT)
 
 #: Codes worth retrying when the request carries a request id (the server then
 #: deduplicates, so a retry never pays for a second generation).
@@ -30,9 +41,11 @@ class ClientRetry:
     retries where a second attempt is safe and cannot cost a second paid
     generation:
 
-    * **Always:** ``UNAVAILABLE`` before any work started: reason ``SHUTTING_DOWN``,
-      or no details at all (the server could not be reached), and reason
-      ``OVERLOADED`` (the server's concurrency limit rejected the call).
+    * **Always:** a call the server rejected before any upstream work: reason
+      ``SHUTTING_DOWN``, ``OVERLOADED`` or ``MEMORY_OVERLOADED`` (the server's
+      limits), ``CALLER_QUOTA_EXCEEDED`` (your quota) or ``CIRCUIT_OPEN`` (the
+      model's circuit breaker), and ``UNAVAILABLE`` without details (the server
+      could not be reached).
     * **Only when the call has a** ``request_id``: any retryable code as well:
       ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` (not ``UPSTREAM_QUOTA_EXHAUSTED``),
       ``ABORTED``, and ``DEADLINE_EXCEEDED`` with reason ``UPSTREAM_TIMEOUT``. The
@@ -80,7 +93,7 @@ class ClientRetry:
             return False
         if error.code in _RETRYABLE_WITH_ID:
             return True
-        return error.code is grpc.StatusCode.DEADLINE_EXCEEDED and error.reason == "UPSTREAM_TIMEOUT"
+        return error.code is grpc.StatusCode.DEADLINE_EXCEEDED and error.reason == _UPSTREAM_TIMEOUT
 
     def backoff(self, attempt: int) -> float:
         """The computed wait after failed attempt number ``attempt`` (1-based), jitter applied."""

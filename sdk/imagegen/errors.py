@@ -9,23 +9,31 @@ status code, so callers can catch errors by meaning:
 class                           gRPC code                ErrorInfo reasons
 ==============================  =======================  ===================================================
 :class:`InvalidRequestError`    INVALID_ARGUMENT         INVALID_REQUEST, UPSTREAM_INVALID_ARGUMENT,
-                                (also OUT_OF_RANGE)      MISSING_THOUGHT_SIGNATURE
+                                (also OUT_OF_RANGE)      MISSING_THOUGHT_SIGNATURE, UNDECODABLE_REQUEST,
+                                                         REQUEST_TOO_LARGE
 :class:`ContentPolicyError`     INVALID_ARGUMENT         CONTENT_BLOCKED
 :class:`NoImageError`           FAILED_PRECONDITION      NO_IMAGE
 :class:`FailedPreconditionError` FAILED_PRECONDITION     UPSTREAM_FAILED_PRECONDITION
-:class:`RateLimitError`         RESOURCE_EXHAUSTED       UPSTREAM_RATE_LIMITED, OVERLOADED
+:class:`RateLimitError`         RESOURCE_EXHAUSTED       UPSTREAM_RATE_LIMITED, OVERLOADED,
+                                                         CALLER_QUOTA_EXCEEDED, MEMORY_OVERLOADED
 :class:`QuotaExhaustedError`    RESOURCE_EXHAUSTED       UPSTREAM_QUOTA_EXHAUSTED
-:class:`UnavailableError`       UNAVAILABLE              UPSTREAM_UNAVAILABLE, SHUTTING_DOWN
-:class:`DeadlineExceededError`  DEADLINE_EXCEEDED        UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED
+:class:`UnavailableError`       UNAVAILABLE              UPSTREAM_UNAVAILABLE, SHUTTING_DOWN,
+                                                         DUPLICATE_CANCELLED, CIRCUIT_OPEN,
+                                                         SHARED_STATE_UNAVAILABLE
+:class:`DeadlineExceededError`  DEADLINE_EXCEEDED        UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED,
+                                                         MAX_DURATION_EXCEEDED
 :class:`NotFoundError`          NOT_FOUND                MODEL_NOT_FOUND
-:class:`AuthenticationError`    UNAUTHENTICATED
-:class:`PermissionDeniedError`  PERMISSION_DENIED
+:class:`AuthenticationError`    UNAUTHENTICATED          CREDENTIALS_MISSING, CREDENTIALS_INVALID
+:class:`PermissionDeniedError`  PERMISSION_DENIED        METHOD_NOT_ALLOWED
 :class:`UpstreamAuthError`      INTERNAL                 UPSTREAM_AUTH
 :class:`InternalError`          INTERNAL, UNKNOWN,       UPSTREAM_MALFORMED, INTERNAL
                                 DATA_LOSS
 :class:`UnimplementedError`     UNIMPLEMENTED
 :class:`RequestCancelledError`  CANCELLED
 ==============================  =======================  ===================================================
+
+The reasons are the values of ``imagegen.v1.ErrorReason`` (``protos/imagegen/v1/error_reason.proto``,
+documented there) without their ``ERROR_REASON_`` prefix; :func:`reason_name` converts.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from imagegen.v1.error_reason_pb2 import ErrorReason, error_domain
 
 __all__ = [
     "DOMAIN",
@@ -65,10 +75,24 @@ __all__ = [
     "UnimplementedError",
     "UpstreamAuthError",
     "from_grpc_error",
+    "reason_name",
 ]
 
-#: ``ErrorInfo.domain`` of errors raised by the imagegen server.
-DOMAIN = "imagegen.dev"
+#: ``ErrorInfo.domain`` of errors raised by the imagegen server (the ``error_domain`` option of ``ErrorReason``).
+DOMAIN: str = ErrorReason.DESCRIPTOR.GetOptions().Extensions[error_domain]
+
+#: The prefix buf's lint rules put on every value name; the wire string drops it.
+_REASON_PREFIX = ErrorReason.Name(ErrorReason.ERROR_REASON_UNSPECIFIED).removesuffix("UNSPECIFIED")
+
+
+def reason_name(reason: ErrorReason.ValueType) -> str:
+    """The ``ErrorInfo.reason`` string of an ``ErrorReason`` value, e.g. ``UPSTREAM_RATE_LIMITED``.
+
+    Compare :attr:`ImagegenError.reason` against it:
+    ``err.reason == reason_name(ErrorReason.ERROR_REASON_CONTENT_BLOCKED)``.
+    """
+    return ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
 
 _DETAILS_KEY = "grpc-status-details-bin"
 
@@ -316,25 +340,38 @@ class RequestCancelledError(ImagegenError):
     """The call was cancelled (CANCELLED)."""
 
 
-_BY_REASON: dict[str, type[ImagegenError]] = {
-    "INVALID_REQUEST": InvalidRequestError,
-    "UPSTREAM_INVALID_ARGUMENT": InvalidRequestError,
-    "MISSING_THOUGHT_SIGNATURE": InvalidRequestError,
-    "UPSTREAM_FAILED_PRECONDITION": FailedPreconditionError,
-    "CONTENT_BLOCKED": ContentPolicyError,
-    "NO_IMAGE": NoImageError,
-    "UPSTREAM_RATE_LIMITED": RateLimitError,
-    "OVERLOADED": RateLimitError,
-    "UPSTREAM_QUOTA_EXHAUSTED": QuotaExhaustedError,
-    "UPSTREAM_UNAVAILABLE": UnavailableError,
-    "SHUTTING_DOWN": UnavailableError,
-    "UPSTREAM_TIMEOUT": DeadlineExceededError,
-    "DEADLINE_EXCEEDED": DeadlineExceededError,
-    "MODEL_NOT_FOUND": NotFoundError,
-    "UPSTREAM_AUTH": UpstreamAuthError,
-    "UPSTREAM_MALFORMED": InternalError,
-    "INTERNAL": InternalError,
+#: ErrorReason -> class; every value but UNSPECIFIED has one (tests/unit/test_error_reasons.py).
+_CLASS_BY_REASON: dict[ErrorReason.ValueType, type[ImagegenError]] = {
+    ErrorReason.ERROR_REASON_INVALID_REQUEST: InvalidRequestError,
+    ErrorReason.ERROR_REASON_UPSTREAM_INVALID_ARGUMENT: InvalidRequestError,
+    ErrorReason.ERROR_REASON_MISSING_THOUGHT_SIGNATURE: InvalidRequestError,
+    ErrorReason.ERROR_REASON_UNDECODABLE_REQUEST: InvalidRequestError,
+    ErrorReason.ERROR_REASON_REQUEST_TOO_LARGE: InvalidRequestError,
+    ErrorReason.ERROR_REASON_UPSTREAM_FAILED_PRECONDITION: FailedPreconditionError,
+    ErrorReason.ERROR_REASON_CONTENT_BLOCKED: ContentPolicyError,
+    ErrorReason.ERROR_REASON_NO_IMAGE: NoImageError,
+    ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED: RateLimitError,
+    ErrorReason.ERROR_REASON_OVERLOADED: RateLimitError,
+    ErrorReason.ERROR_REASON_CALLER_QUOTA_EXCEEDED: RateLimitError,
+    ErrorReason.ERROR_REASON_MEMORY_OVERLOADED: RateLimitError,
+    ErrorReason.ERROR_REASON_UPSTREAM_QUOTA_EXHAUSTED: QuotaExhaustedError,
+    ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE: UnavailableError,
+    ErrorReason.ERROR_REASON_SHUTTING_DOWN: UnavailableError,
+    ErrorReason.ERROR_REASON_DUPLICATE_CANCELLED: UnavailableError,
+    ErrorReason.ERROR_REASON_CIRCUIT_OPEN: UnavailableError,
+    ErrorReason.ERROR_REASON_SHARED_STATE_UNAVAILABLE: UnavailableError,
+    ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT: DeadlineExceededError,
+    ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED: DeadlineExceededError,
+    ErrorReason.ERROR_REASON_MAX_DURATION_EXCEEDED: DeadlineExceededError,
+    ErrorReason.ERROR_REASON_MODEL_NOT_FOUND: NotFoundError,
+    ErrorReason.ERROR_REASON_CREDENTIALS_MISSING: AuthenticationError,
+    ErrorReason.ERROR_REASON_CREDENTIALS_INVALID: AuthenticationError,
+    ErrorReason.ERROR_REASON_METHOD_NOT_ALLOWED: PermissionDeniedError,
+    ErrorReason.ERROR_REASON_UPSTREAM_AUTH: UpstreamAuthError,
+    ErrorReason.ERROR_REASON_UPSTREAM_MALFORMED: InternalError,
+    ErrorReason.ERROR_REASON_INTERNAL: InternalError,
 }
+_BY_REASON: dict[str, type[ImagegenError]] = {reason_name(r): cls for r, cls in _CLASS_BY_REASON.items()}
 
 _BY_CODE: dict[grpc.StatusCode, type[ImagegenError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,

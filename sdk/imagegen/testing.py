@@ -38,10 +38,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from imagegen.client import MAX_MESSAGE_BYTES
-from imagegen.errors import DOMAIN
+from imagegen.errors import DOMAIN, reason_name
 from imagegen.v1 import image_generation_service_pb2 as service_pb2
 from imagegen.v1 import image_generation_service_pb2_grpc as service_grpc
 from imagegen.v1 import image_pb2
+from imagegen.v1.error_reason_pb2 import ErrorReason
 
 __all__ = [
     "Delayed",
@@ -121,6 +122,10 @@ def make_generation(
     )
 
 
+def _wire_reason(reason: str | ErrorReason.ValueType) -> str:
+    return reason if isinstance(reason, str) else reason_name(reason)
+
+
 @dataclass(frozen=True)
 class FakeError:
     """A failure to answer with: a gRPC status plus ``google.rpc`` details (ErrorInfo, RetryInfo, ...)."""
@@ -129,8 +134,9 @@ class FakeError:
     code: grpc.StatusCode
     #: The status message.
     message: str
-    #: ``ErrorInfo.reason`` (``""``: send no ErrorInfo).
-    reason: str = ""
+    #: ``ErrorInfo.reason``: an ``ErrorReason`` value, or any string (e.g. one this SDK
+    #: does not know); ``""`` sends no ErrorInfo.
+    reason: str | ErrorReason.ValueType = ""
     #: ``ErrorInfo.metadata``.
     metadata: Mapping[str, str] = field(default_factory=dict)
     #: ``ErrorInfo.domain``.
@@ -146,12 +152,18 @@ class FakeError:
     #: Send only the code and message, without the details trailer.
     bare: bool = False
 
+    def __post_init__(self) -> None:
+        # Keep the wire string, so tests can compare it with ImagegenError.reason.
+        object.__setattr__(self, "reason", _wire_reason(self.reason))
+
     def to_status(self) -> status_pb2.Status:
         """The ``google.rpc.Status`` this error sends."""
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
         if self.reason:
             status.details.add().Pack(
-                error_details_pb2.ErrorInfo(reason=self.reason, domain=self.domain, metadata=dict(self.metadata))
+                error_details_pb2.ErrorInfo(
+                    reason=_wire_reason(self.reason), domain=self.domain, metadata=dict(self.metadata)
+                )
             )
         if self.retry_after is not None:
             status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=_duration(self.retry_after)))
@@ -181,14 +193,18 @@ class FakeError:
         return cls(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "upstream rate limit",
-            "UPSTREAM_RATE_LIMITED",
+            ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED,
             {"generationId": "gen-err", **metadata},
             retry_after=retry_after,
             quota_violations=[("models/gemini-3.1-flash-image", "requests per minute")],
         )
 
     @classmethod
-    def unavailable(cls, reason: str = "UPSTREAM_UNAVAILABLE", retry_after: float | None = None) -> FakeError:
+    def unavailable(
+        cls,
+        reason: str | ErrorReason.ValueType = ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE,
+        retry_after: float | None = None,
+    ) -> FakeError:
         """UNAVAILABLE with the given reason (``""``: no details at all)."""
         return cls(grpc.StatusCode.UNAVAILABLE, "unavailable", reason, retry_after=retry_after, bare=not reason)
 
@@ -222,7 +238,7 @@ Reply: TypeAlias = image_pb2.Generation | FakeError | FakeStream | Delayed
 def stream_events(
     generation: image_pb2.Generation | None = None,
     *,
-    failures: Iterable[tuple[grpc.StatusCode, str, float]] = (),
+    failures: Iterable[tuple[grpc.StatusCode, str | ErrorReason.ValueType, float]] = (),
     previews: int = 0,
     max_attempts: int = 3,
 ) -> list[service_pb2.GenerateStreamResponse]:
@@ -249,8 +265,8 @@ def stream_events(
                 attempt_failed=service_pb2.AttemptFailed(
                     attempt=attempt,
                     code=code.value[0],
-                    reason=reason,
-                    message=f"{reason} on attempt {attempt}",
+                    reason=_wire_reason(reason),
+                    message=f"{_wire_reason(reason)} on attempt {attempt}",
                     retry_delay=_duration(delay),
                     will_retry=True,
                 )

@@ -4,6 +4,9 @@ One mapping from upstream error kinds to (status code, ErrorInfo reason), used
 for the final status and for streaming ``AttemptFailed`` events alike. Details
 travel in the standard ``grpc-status-details-bin`` trailer (grpcio-status), so
 clients in any language can read them. See the README's error table.
+
+The reasons and the domain come from ``imagegen.v1.ErrorReason`` (protos/imagegen/v1/error_reason.proto):
+code here names an enum value, and :func:`reason_name` turns it into the wire string.
 """
 
 from __future__ import annotations
@@ -16,35 +19,52 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from imagegen.v1.error_reason_pb2 import ErrorReason, error_domain
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 
-#: The ErrorInfo domain of every error this service emits.
-DOMAIN = "imagegen.dev"
+#: The ErrorInfo domain of every error this service emits (the enum's ``error_domain`` option).
+DOMAIN: str = ErrorReason.DESCRIPTOR.GetOptions().Extensions[error_domain]
+
+#: The prefix buf's lint rules put on every value name; the wire string drops it.
+_REASON_PREFIX = ErrorReason.Name(ErrorReason.ERROR_REASON_UNSPECIFIED).removesuffix("UNSPECIFIED")
+
+
+def reason_name(reason: ErrorReason.ValueType) -> str:
+    """The ``ErrorInfo.reason`` string of an enum value: ``ERROR_REASON_OVERLOADED`` -> ``OVERLOADED``."""
+    return ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
 
 #: The longest RetryInfo delay we pass on; a proxy's Retry-After date decades
 #: ahead is garbage, not advice.
 MAX_RETRY_DELAY = 24 * 3600.0
 
 #: Upstream error kind -> (gRPC code, ErrorInfo reason).
-_KIND_STATUS: Mapping[ErrorKind, tuple[grpc.StatusCode, str]] = {
-    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_ARGUMENT"),
-    ErrorKind.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_FAILED_PRECONDITION"),
-    ErrorKind.MISSING_THOUGHT_SIGNATURE: (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_THOUGHT_SIGNATURE"),
-    ErrorKind.CONTENT_BLOCKED: (grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_BLOCKED"),
-    ErrorKind.NO_IMAGE: (grpc.StatusCode.FAILED_PRECONDITION, "NO_IMAGE"),
-    ErrorKind.RATE_LIMITED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
-    ErrorKind.QUOTA_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_QUOTA_EXHAUSTED"),
-    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
-    ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
-    ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, "UPSTREAM_AUTH"),
-    ErrorKind.MALFORMED: (grpc.StatusCode.INTERNAL, "UPSTREAM_MALFORMED"),
+_KIND_STATUS: Mapping[ErrorKind, tuple[grpc.StatusCode, ErrorReason.ValueType]] = {
+    ErrorKind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.ERROR_REASON_UPSTREAM_INVALID_ARGUMENT),
+    ErrorKind.FAILED_PRECONDITION: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        ErrorReason.ERROR_REASON_UPSTREAM_FAILED_PRECONDITION,
+    ),
+    ErrorKind.MISSING_THOUGHT_SIGNATURE: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorReason.ERROR_REASON_MISSING_THOUGHT_SIGNATURE,
+    ),
+    ErrorKind.CONTENT_BLOCKED: (grpc.StatusCode.INVALID_ARGUMENT, ErrorReason.ERROR_REASON_CONTENT_BLOCKED),
+    ErrorKind.NO_IMAGE: (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.ERROR_REASON_NO_IMAGE),
+    ErrorKind.RATE_LIMITED: (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED),
+    ErrorKind.QUOTA_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.ERROR_REASON_UPSTREAM_QUOTA_EXHAUSTED),
+    ErrorKind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE),
+    ErrorKind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT),
+    ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, ErrorReason.ERROR_REASON_MODEL_NOT_FOUND),
+    ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, ErrorReason.ERROR_REASON_UPSTREAM_AUTH),
+    ErrorKind.MALFORMED: (grpc.StatusCode.INTERNAL, ErrorReason.ERROR_REASON_UPSTREAM_MALFORMED),
 }
 
 
 def upstream_status(error: UpstreamError) -> tuple[grpc.StatusCode, str]:
-    """The gRPC code and ErrorInfo reason an upstream failure maps to."""
-    return _KIND_STATUS[error.kind]
+    """The gRPC code and ErrorInfo reason (wire string) an upstream failure maps to."""
+    code, reason = _KIND_STATUS[error.kind]
+    return code, reason_name(reason)
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -93,7 +113,7 @@ _CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 def build(
     code: grpc.StatusCode,
     message: str,
-    reason: str,
+    reason: ErrorReason.ValueType,
     metadata: Mapping[str, str] | None = None,
     *,
     retry_delay: float | None = None,
@@ -103,7 +123,7 @@ def build(
 ) -> ServiceError:
     """Assemble a status with exactly one ErrorInfo and the optional details."""
     status = status_pb2.Status(code=code.value[0], message=message)
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    info = error_details_pb2.ErrorInfo(reason=reason_name(reason), domain=DOMAIN)
     for key, value in (metadata or {}).items():
         if value:
             info.metadata[key] = value
@@ -133,7 +153,13 @@ def invalid_request(violations: Iterable[FieldViolation], metadata: Mapping[str,
         message = f"{names}: {violations[0].description}"
     else:
         message = f"{len(violations)} invalid fields: {names} (see BadRequest details)"
-    return build(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_REQUEST", metadata, field_violations=violations)
+    return build(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        message,
+        ErrorReason.ERROR_REASON_INVALID_REQUEST,
+        metadata,
+        field_violations=violations,
+    )
 
 
 def from_upstream(
@@ -148,7 +174,7 @@ def from_upstream(
     A missing signature names a history part: Gemini's ``contents`` are our
     ``history`` followed by the new user turn, so content index i is ``history[i]``.
     """
-    code, reason = upstream_status(error)
+    code, reason = _KIND_STATUS[error.kind]
     meta = dict(metadata)
     meta["attempts"] = str(attempts)
     violations: list[FieldViolation] = []
@@ -226,7 +252,7 @@ def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
     return build(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "server is at its concurrency limit; retry later",
-        "OVERLOADED",
+        ErrorReason.ERROR_REASON_OVERLOADED,
         metadata,
         retry_delay=retry_delay,
     )
@@ -234,14 +260,28 @@ def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
 
 def shutting_down(metadata: Mapping[str, str] | None = None) -> ServiceError:
     """UNAVAILABLE: the server is draining; another replica (or a restart) can serve it."""
-    return build(grpc.StatusCode.UNAVAILABLE, "server is shutting down", "SHUTTING_DOWN", metadata)
+    return build(
+        grpc.StatusCode.UNAVAILABLE, "server is shutting down", ErrorReason.ERROR_REASON_SHUTTING_DOWN, metadata
+    )
 
 
 def deadline_exceeded(metadata: Mapping[str, str]) -> ServiceError:
     """DEADLINE_EXCEEDED: the caller's deadline ran out."""
-    return build(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", "DEADLINE_EXCEEDED", metadata)
+    return build(
+        grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED, metadata
+    )
 
 
 def internal(metadata: Mapping[str, str]) -> ServiceError:
     """INTERNAL for anything unexpected: a generic message, details only in the server log."""
-    return build(grpc.StatusCode.INTERNAL, "internal server error", "INTERNAL", metadata)
+    return build(grpc.StatusCode.INTERNAL, "internal server error", ErrorReason.ERROR_REASON_INTERNAL, metadata)
+
+
+def duplicate_cancelled(metadata: Mapping[str, str]) -> ServiceError:
+    """UNAVAILABLE for duplicates whose owner (same request_id) was cancelled by its caller: retry now."""
+    return build(
+        grpc.StatusCode.UNAVAILABLE,
+        "the original request with this request_id was cancelled; retry",
+        ErrorReason.ERROR_REASON_DUPLICATE_CANCELLED,
+        metadata,
+    )

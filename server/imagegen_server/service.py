@@ -339,12 +339,7 @@ def _for_followers(exc: BaseException, meta: Mapping[str, str]) -> BaseException
     if isinstance(exc, ServiceError):
         return exc
     # The first caller hung up: its duplicates did nothing wrong, they may retry now.
-    return errors.build(
-        grpc.StatusCode.UNAVAILABLE,
-        "the original request with this request_id was cancelled; retry",
-        "DUPLICATE_CANCELLED",
-        meta,
-    )
+    return errors.duplicate_cancelled(meta)
 
 
 def _finish_reason(name: str) -> image_pb2.FinishReason.ValueType:

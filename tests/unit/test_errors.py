@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2
 
+from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 
@@ -19,7 +20,7 @@ def _unpack(err: errors.ServiceError, message: type) -> list:  # type: ignore[ty
 
 
 def test_retry_info_delay_is_capped() -> None:
-    err = errors.build(grpc.StatusCode.RESOURCE_EXHAUSTED, "m", "R", retry_delay=2.3e9)
+    err = errors.build(grpc.StatusCode.RESOURCE_EXHAUSTED, "m", ErrorReason.ERROR_REASON_OVERLOADED, retry_delay=2.3e9)
     (info,) = _unpack(err, error_details_pb2.RetryInfo)
     assert info.retry_delay.seconds == errors.MAX_RETRY_DELAY
 

@@ -11,31 +11,39 @@
  * | class                    | gRPC code            | ErrorInfo reasons                                  |
  * |--------------------------|----------------------|----------------------------------------------------|
  * | InvalidRequestError      | INVALID_ARGUMENT     | INVALID_REQUEST, UPSTREAM_INVALID_ARGUMENT,        |
- * |                          | (also OUT_OF_RANGE)  | MISSING_THOUGHT_SIGNATURE                          |
+ * |                          | (also OUT_OF_RANGE)  | MISSING_THOUGHT_SIGNATURE, UNDECODABLE_REQUEST,    |
+ * |                          |                      | REQUEST_TOO_LARGE                                  |
  * | ContentPolicyError       | INVALID_ARGUMENT     | CONTENT_BLOCKED                                    |
  * | NoImageError             | FAILED_PRECONDITION  | NO_IMAGE                                           |
  * | FailedPreconditionError  | FAILED_PRECONDITION  | UPSTREAM_FAILED_PRECONDITION                       |
- * | RateLimitError           | RESOURCE_EXHAUSTED   | UPSTREAM_RATE_LIMITED, OVERLOADED                  |
+ * | RateLimitError           | RESOURCE_EXHAUSTED   | UPSTREAM_RATE_LIMITED, OVERLOADED,                 |
+ * |                          |                      | CALLER_QUOTA_EXCEEDED, MEMORY_OVERLOADED           |
  * | QuotaExhaustedError      | RESOURCE_EXHAUSTED   | UPSTREAM_QUOTA_EXHAUSTED                           |
- * | UnavailableError         | UNAVAILABLE          | UPSTREAM_UNAVAILABLE, SHUTTING_DOWN                |
- * | DeadlineExceededError    | DEADLINE_EXCEEDED    | UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED                |
+ * | UnavailableError         | UNAVAILABLE          | UPSTREAM_UNAVAILABLE, SHUTTING_DOWN,               |
+ * |                          |                      | DUPLICATE_CANCELLED, CIRCUIT_OPEN,                 |
+ * |                          |                      | SHARED_STATE_UNAVAILABLE                           |
+ * | DeadlineExceededError    | DEADLINE_EXCEEDED    | UPSTREAM_TIMEOUT, DEADLINE_EXCEEDED,               |
+ * |                          |                      | MAX_DURATION_EXCEEDED                              |
  * | NotFoundError            | NOT_FOUND            | MODEL_NOT_FOUND                                    |
- * | AuthenticationError      | UNAUTHENTICATED      |                                                    |
- * | PermissionDeniedError    | PERMISSION_DENIED    |                                                    |
+ * | AuthenticationError      | UNAUTHENTICATED      | CREDENTIALS_MISSING, CREDENTIALS_INVALID           |
+ * | PermissionDeniedError    | PERMISSION_DENIED    | METHOD_NOT_ALLOWED                                 |
  * | UpstreamAuthError        | INTERNAL             | UPSTREAM_AUTH                                      |
  * | InternalError            | INTERNAL, UNKNOWN,   | UPSTREAM_MALFORMED, INTERNAL                       |
  * |                          | DATA_LOSS, others    |                                                    |
  * | UnimplementedError       | UNIMPLEMENTED        |                                                    |
  * | RequestCancelledError    | CANCELLED            |                                                    |
  *
- * The class is chosen by `ErrorInfo.reason` first (for the `imagegen.dev`
- * domain, or no domain), then by the code: the same rule and the same class
- * names as the Python SDK (`imagegen.errors`).
+ * The reasons are the values of the generated {@link ErrorReason} enum
+ * (`protos/imagegen/v1/error_reason.proto`, documented there): the wire
+ * string is the value's name, `ErrorReason[ErrorReason.CONTENT_BLOCKED]`, or
+ * {@link reasonName}. The class is chosen by `ErrorInfo.reason` first (for the
+ * `imagegen.dev` domain, or no domain), then by the code: the same rule and
+ * the same class names as the Python SDK (`imagegen.errors`).
  *
  * All of them extend {@link ImagegenError}, so `catch (e) { if (e instanceof
  * ImagegenError) ... }` catches every failure of a call.
  */
-import { fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { fromBinary, getOption, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { anyUnpack, type Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -50,9 +58,19 @@ import {
   type ResourceInfo,
 } from "./gen/google/rpc/error_details_pb.js";
 import { StatusSchema, type Status } from "./gen/google/rpc/status_pb.js";
+import { ErrorReason, ErrorReasonSchema, error_domain } from "./gen/imagegen/v1/error_reason_pb.js";
 
-/** The `ErrorInfo.domain` the imagegen server uses. */
-export const ERROR_DOMAIN = "imagegen.dev";
+/** The `ErrorInfo.domain` the imagegen server uses (the `error_domain` option of `ErrorReason`). */
+export const ERROR_DOMAIN: string = getOption(ErrorReasonSchema, error_domain);
+
+/**
+ * The `ErrorInfo.reason` string of an {@link ErrorReason} value, e.g.
+ * `reasonName(ErrorReason.CONTENT_BLOCKED) === "CONTENT_BLOCKED"` (protobuf-es
+ * drops the `ERROR_REASON_` prefix from the generated names, as the wire does).
+ */
+export function reasonName(reason: ErrorReason): string {
+  return ErrorReason[reason];
+}
 
 /** gRPC status code names, indexed by number (google.rpc.Code). */
 export const STATUS_CODE_NAMES = [
@@ -250,26 +268,45 @@ export const ContentBlockedError = ContentPolicyError;
 
 type ErrorClass = new (parts: ErrorParts) => ImagegenError;
 
-/** ErrorInfo.reason -> class (for the imagegen.dev domain, or no domain). */
-const BY_REASON: Readonly<Record<string, ErrorClass>> = {
-  INVALID_REQUEST: InvalidRequestError,
-  UPSTREAM_INVALID_ARGUMENT: InvalidRequestError,
-  MISSING_THOUGHT_SIGNATURE: InvalidRequestError,
-  UPSTREAM_FAILED_PRECONDITION: FailedPreconditionError,
-  CONTENT_BLOCKED: ContentPolicyError,
-  NO_IMAGE: NoImageError,
-  UPSTREAM_RATE_LIMITED: RateLimitError,
-  OVERLOADED: RateLimitError,
-  UPSTREAM_QUOTA_EXHAUSTED: QuotaExhaustedError,
-  UPSTREAM_UNAVAILABLE: UnavailableError,
-  SHUTTING_DOWN: UnavailableError,
-  UPSTREAM_TIMEOUT: DeadlineExceededError,
-  DEADLINE_EXCEEDED: DeadlineExceededError,
-  MODEL_NOT_FOUND: NotFoundError,
-  UPSTREAM_AUTH: UpstreamAuthError,
-  UPSTREAM_MALFORMED: InternalError,
-  INTERNAL: InternalError,
+/**
+ * ErrorReason -> class. `Record<Exclude<...>>` makes tsc fail when a value is
+ * added to the enum without a class here.
+ */
+const CLASS_BY_REASON: Readonly<Record<Exclude<ErrorReason, ErrorReason.UNSPECIFIED>, ErrorClass>> = {
+  [ErrorReason.INVALID_REQUEST]: InvalidRequestError,
+  [ErrorReason.UPSTREAM_INVALID_ARGUMENT]: InvalidRequestError,
+  [ErrorReason.MISSING_THOUGHT_SIGNATURE]: InvalidRequestError,
+  [ErrorReason.UNDECODABLE_REQUEST]: InvalidRequestError,
+  [ErrorReason.REQUEST_TOO_LARGE]: InvalidRequestError,
+  [ErrorReason.UPSTREAM_FAILED_PRECONDITION]: FailedPreconditionError,
+  [ErrorReason.CONTENT_BLOCKED]: ContentPolicyError,
+  [ErrorReason.NO_IMAGE]: NoImageError,
+  [ErrorReason.UPSTREAM_RATE_LIMITED]: RateLimitError,
+  [ErrorReason.OVERLOADED]: RateLimitError,
+  [ErrorReason.CALLER_QUOTA_EXCEEDED]: RateLimitError,
+  [ErrorReason.MEMORY_OVERLOADED]: RateLimitError,
+  [ErrorReason.UPSTREAM_QUOTA_EXHAUSTED]: QuotaExhaustedError,
+  [ErrorReason.UPSTREAM_UNAVAILABLE]: UnavailableError,
+  [ErrorReason.SHUTTING_DOWN]: UnavailableError,
+  [ErrorReason.DUPLICATE_CANCELLED]: UnavailableError,
+  [ErrorReason.CIRCUIT_OPEN]: UnavailableError,
+  [ErrorReason.SHARED_STATE_UNAVAILABLE]: UnavailableError,
+  [ErrorReason.UPSTREAM_TIMEOUT]: DeadlineExceededError,
+  [ErrorReason.DEADLINE_EXCEEDED]: DeadlineExceededError,
+  [ErrorReason.MAX_DURATION_EXCEEDED]: DeadlineExceededError,
+  [ErrorReason.MODEL_NOT_FOUND]: NotFoundError,
+  [ErrorReason.CREDENTIALS_MISSING]: AuthenticationError,
+  [ErrorReason.CREDENTIALS_INVALID]: AuthenticationError,
+  [ErrorReason.METHOD_NOT_ALLOWED]: PermissionDeniedError,
+  [ErrorReason.UPSTREAM_AUTH]: UpstreamAuthError,
+  [ErrorReason.UPSTREAM_MALFORMED]: InternalError,
+  [ErrorReason.INTERNAL]: InternalError,
 };
+
+/** ErrorInfo.reason (wire string) -> class (for the imagegen.dev domain, or no domain). */
+const BY_REASON: ReadonlyMap<string, ErrorClass> = new Map(
+  Object.entries(CLASS_BY_REASON).map(([value, cls]) => [reasonName(Number(value) as ErrorReason), cls]),
+);
 
 /** gRPC code -> class, when the reason is unknown or absent. */
 const BY_CODE: Readonly<Partial<Record<Code, ErrorClass>>> = {
@@ -329,7 +366,7 @@ export function errorPartsFrom(
 export function errorFromParts(parts: ErrorParts): ImagegenError {
   const info = parts.errorInfo;
   const ours = info !== undefined && (info.domain === ERROR_DOMAIN || info.domain === "");
-  const cls = (ours ? BY_REASON[info.reason] : undefined) ?? BY_CODE[parts.code as Code] ?? InternalError;
+  const cls = (ours ? BY_REASON.get(info.reason) : undefined) ?? BY_CODE[parts.code as Code] ?? InternalError;
   return new cls(parts);
 }
 

@@ -8,5 +8,6 @@
  */
 export * from "./client.js";
 export * from "./errors.js";
+export * from "./gen/imagegen/v1/error_reason_pb.js";
 export * from "./gen/imagegen/v1/image_pb.js";
 export * from "./gen/imagegen/v1/image_generation_service_pb.js";

@@ -30,9 +30,11 @@ import {
   PermissionDeniedError,
   QuotaExhaustedError,
   RateLimitError,
+  reasonName,
   toImagegenError,
   UnavailableError,
 } from "../src/errors.js";
+import { ErrorReason, ErrorReasonSchema } from "../src/gen/imagegen/v1/error_reason_pb.js";
 
 function errorInfo(reason: string, metadata: Record<string, string> = {}) {
   return anyPack(ErrorInfoSchema, create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN, metadata }));
@@ -158,5 +160,20 @@ describe("toImagegenError", () => {
     assert.equal(decoded.code, 5);
     assert.equal(decoded.message, "no such model");
     assert.equal(decoded.details[0]?.typeUrl, "type.googleapis.com/google.rpc.ErrorInfo");
+  });
+
+  it("derives the domain and every reason from the ErrorReason enum", () => {
+    assert.equal(ERROR_DOMAIN, "imagegen.dev");
+    assert.equal(reasonName(ErrorReason.UPSTREAM_RATE_LIMITED), "UPSTREAM_RATE_LIMITED");
+    for (const value of ErrorReasonSchema.values) {
+      if (value.number === ErrorReason.UNSPECIFIED) continue;
+      const wire = value.name.replace(/^ERROR_REASON_/, "");
+      assert.equal(reasonName(value.number as ErrorReason), wire);
+      // A known reason picks its class even under a code that maps to none (ALREADY_EXISTS).
+      const err = toImagegenError(trailerError(Code.AlreadyExists, "x", [errorInfo(wire)]));
+      assert.equal(err.reason, wire);
+      const internal = wire === "INTERNAL" || wire === "UPSTREAM_MALFORMED";
+      assert.equal(err.constructor === InternalError, internal, `${wire} -> ${err.name}`);
+    }
   });
 });
