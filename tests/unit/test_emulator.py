@@ -400,6 +400,31 @@ async def test_body_validation(emu: Emulator, http: aiohttp.ClientSession, body:
     assert needle in call.error["message"]
 
 
+async def test_request_over_100_mb_is_geminis_json_400(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """Not aiohttp's plain-text 413: the emulator's own size check answers, in Gemini's envelope."""
+    chunk = b"A" * (1024 * 1024)
+
+    async def body() -> AsyncIterator[bytes]:
+        # Streamed (chunked), so the test never holds 100 MB itself.
+        yield b'{"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "'
+        for _ in range(101):
+            yield chunk
+        yield b'"}}]}]}'
+
+    async with http.post(url(emu), data=body(), headers={"x-goog-api-key": emu.api_key}) as resp:
+        raw = await resp.read()
+    assert resp.status == 400 and resp.headers["Content-Type"].startswith("application/json")
+    assert json.loads(raw) == {
+        "error": {
+            "code": 400,
+            "message": "Request payload size exceeds the limit: 104857600 bytes.",
+            "status": "INVALID_ARGUMENT",
+        }
+    }
+    # The emulator still serves normal requests afterwards.
+    assert (await post(http, emu, prompt("x"))).status == 200
+
+
 # --- thought signatures ----------------------------------------------------------
 
 

@@ -58,7 +58,8 @@ def create_app(*, api_key: str = DEFAULT_API_KEY, state: EmulatorState | None = 
     as :class:`~imagegen_server.emulator.Emulator` does.
     """
     # Gemini takes up to 100 MB of inline data; aiohttp's default cap is 1 MB.
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1024 * 1024)
+    # Past the cap aiohttp stops reading and _generate answers Gemini's JSON 400.
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[STATE] = state or EmulatorState(api_key=api_key)
     app.router.add_get("/emulator/health", _health)
     app.router.add_get("/emulator/stats", _global_stats)
@@ -225,13 +226,20 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.registry.total_requests += 1
     target = _target(request)
-    raw = await request.read()
     body: Any = None
     json_error: ApiError | None = None
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        json_error = errors.invalid_json("Unexpected token.")
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's own answer would be a plain-text 413; Gemini answers a
+        # JSON 400 (check_size in _answer), so only note the size here.
+        size = max(request.content_length or 0, MAX_REQUEST_BYTES + 1)
+    else:
+        size = len(raw)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            json_error = errors.invalid_json("Unexpected token.")
     scenario, stats, step = _select(request, body)
     stats.bodies.append(body)
     stats.paths.append(request.path + ("?alt=sse" if target.sse else ""))
@@ -239,7 +247,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     try:
         await delivery.pause(step.latency)
         try:
-            reply = await _answer(request, target, body, json_error, len(raw), step)
+            reply = await _answer(request, target, body, json_error, size, step)
         except ApiError as error:
             body_bytes = error.body()
             if step.corruption == "bad_json":
