@@ -278,6 +278,69 @@ async def test_v1_tuned_models_query_key_and_list_models(emu: Emulator, http: ai
     assert f"models/{FLASH}" in names and f"models/{PRO}" in names
 
 
+async def test_count_tokens(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """models/{model}:countTokens, which ListModels advertises, answers CountTokensResponse."""
+    body: Json = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "a cat on a sofa"},
+                    {"inlineData": {"mimeType": "image/png", "data": b64(png_bytes())}},
+                ],
+            }
+        ]
+    }
+    async with http.get(f"{emu.base_url}/v1beta/models/{PRO}", headers={"x-goog-api-key": emu.api_key}) as resp:
+        assert "countTokens" in (await resp.json())["supportedGenerationMethods"]
+    counted = await post(http, emu, body, target=url(emu, method="countTokens"))
+    assert counted.status == 200 and counted.headers["Content-Type"].startswith("application/json")
+    text_tokens = len("a cat on a sofa") // 4
+    assert counted.json == {
+        "totalTokens": text_tokens + 258,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": text_tokens},
+            {"modality": "IMAGE", "tokenCount": 258},
+        ],
+    }
+    # The same count generateContent bills as promptTokenCount.
+    generated = await post(http, emu, body)
+    assert generated.json["usageMetadata"]["promptTokenCount"] == counted.json["totalTokens"]
+    # A whole generateContentRequest (contents is then ignored), on v1, with the SDK's snake_case.
+    whole = {
+        "contents": [{"parts": [{"text": "ignored " * 50}]}],
+        "generate_content_request": {"model": f"models/{PRO}", **body, "generationConfig": {"seed": 1}},
+    }
+    assert (await post(http, emu, whole, target=url(emu, method="countTokens", version="v1"))).json == counted.json
+    # History is tokenized, not checked: countTokens does not enforce thought signatures.
+    history = {
+        "contents": [
+            *body["contents"],
+            {
+                "role": "model",
+                "parts": [{"text": "done"}, {"inlineData": {"mimeType": "image/png", "data": b64(png_bytes())}}],
+            },
+            {"role": "user", "parts": [{"text": "bluer"}]},
+        ]
+    }
+    assert (await post(http, emu, history, target=url(emu, method="countTokens"))).json["totalTokens"] > counted.json[
+        "totalTokens"
+    ]
+    # Not a generation: no scenario step is used and the request counters do not move.
+    scenario = emu.scenario("internal")
+    marked = await post(http, emu, prompt(scenario.mark("x")), target=url(emu, method="countTokens"))
+    assert marked.status == 200 and scenario.stats.received == 0 and emu.total_requests == 1
+    # Gemini's errors: auth, unknown model, unknown field, bad JSON.
+    assert (await post(http, emu, body, key=None, target=url(emu, method="countTokens"))).status == 403
+    missing = await post(http, emu, body, target=url(emu, "gemini-9-ultra", method="countTokens"))
+    assert missing.status == 404 and "is not supported for countTokens" in missing.error["message"]
+    unknown = await post(http, emu, {**body, "generationConfig": {}}, target=url(emu, method="countTokens"))
+    assert unknown.status == 400 and 'Unknown name "generationConfig"' in unknown.error["message"]
+    assert (await post(http, emu, b"{", target=url(emu, method="countTokens"))).status == 400
+    empty = await post(http, emu, {}, target=url(emu, method="countTokens"))
+    assert empty.status == 400 and "contents is not specified" in empty.error["message"]
+
+
 # --- auth, routing, validation -------------------------------------------------
 
 

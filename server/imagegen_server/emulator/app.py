@@ -1,8 +1,8 @@
 """The emulator's aiohttp application: Gemini's REST routes plus an admin API.
 
 Gemini routes: ``POST /{v1,v1beta,v1alpha}/{models,tunedModels}/{id}:generateContent``
-and ``:streamGenerateContent`` (``?alt=sse`` for SSE, else a JSON array), and
-``GET /{version}/models[/{id}]``. Admin routes under ``/emulator/`` let
+and ``:streamGenerateContent`` (``?alt=sse`` for SSE, else a JSON array),
+``:countTokens``, and ``GET /{version}/models[/{id}]``. Admin routes under ``/emulator/`` let
 out-of-process users register scenarios and read their stats.
 
 All state lives in the application (``app[STATE]``), never in module globals,
@@ -25,10 +25,10 @@ from .delivery import ClientGone, Delivery, Reply
 from .errors import ApiError
 from .outcomes import build_answer, http_fault
 from .render import Renderer
-from .responses import Answer, encode_chunk, encode_json_array, encode_unary
+from .responses import Answer, count_tokens_body, encode_chunk, encode_json_array, encode_unary
 from .scenarios import SCENARIO_HEADER, Scenario, ScenarioRegistry, ScenarioStats
 from .steps import DEFAULT_STEP, Step
-from .wire import MAX_REQUEST_BYTES, check_size, iter_texts, parse_request
+from .wire import MAX_REQUEST_BYTES, check_size, iter_texts, parse_count_tokens, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_app(*, api_key: str = DEFAULT_API_KEY, state: EmulatorState | None = 
     app.router.add_delete("/emulator/scenarios/{id}", _delete_scenario)
     app.router.add_get("/{version}/models", _list_models)
     app.router.add_get("/{version}/models/{model}", _get_model)
-    app.router.add_post("/{version}/{resource:.+}", _generate)
+    app.router.add_post("/{version}/{resource:.+}", _model_method)
     return app
 
 
@@ -222,10 +222,44 @@ def _select(request: web.Request, body: Any) -> tuple[Scenario | None, ScenarioS
     return None, registry.unmarked, DEFAULT_STEP
 
 
-async def _generate(request: web.Request) -> web.StreamResponse:
+async def _model_method(request: web.Request) -> web.StreamResponse:
+    """``POST /{version}/models/{id}:{method}``: countTokens, or a generate call."""
+    target = _target(request)
+    if target.method == "countTokens":
+        return await _count_tokens(request, target)
+    return await _generate(request, target)
+
+
+async def _count_tokens(request: web.Request, target: _Target) -> web.Response:
+    """``countTokens``: the prompt's token count, as ``usageMetadata`` would report it.
+
+    Not a generation, so it follows no scenario and is not counted in the stats.
+    """
+    not_found = errors.model_not_found(target.resource, target.version, target.method)
+    try:
+        if target.version not in API_VERSIONS:
+            raise not_found
+        _check_key(request)
+        spec = find_model(target.model) if target.model else None
+        if spec is None:
+            raise not_found
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise errors.payload_too_large(MAX_REQUEST_BYTES) from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise errors.invalid_json("Unexpected token.") from None
+        call = parse_count_tokens(body, spec, target.version)
+    except ApiError as error:
+        return _error_response(error)
+    return web.Response(body=encode_unary(count_tokens_body(call)), headers={"Content-Type": _JSON})
+
+
+async def _generate(request: web.Request, target: _Target) -> web.StreamResponse:
     state = request.app[STATE]
     state.registry.total_requests += 1
-    target = _target(request)
     body: Any = None
     json_error: ApiError | None = None
     try:

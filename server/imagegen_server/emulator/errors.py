@@ -152,6 +152,11 @@ def corrupted_signature(kind: str, content: int, part: int) -> ApiError:
     )
 
 
+def payload_too_large(limit: int) -> ApiError:
+    """Gemini's 400 (not 413) for a request body over ``limit`` bytes."""
+    return ApiError(400, "INVALID_ARGUMENT", f"Request payload size exceeds the limit: {limit} bytes.")
+
+
 def no_key() -> ApiError:
     """403 for a request without any API key."""
     return ApiError(403, "PERMISSION_DENIED", NO_KEY_MESSAGE)

@@ -140,6 +140,19 @@ def output_tokens(spec: ModelSpec, image_size: str) -> int:
     return OUTPUT_TOKENS_PER_IMAGE[spec.name][tier]
 
 
+def prompt_details(call: GenerateCall) -> list[JsonObject]:
+    """``promptTokensDetails``: the prompt's tokens per modality."""
+    details: list[JsonObject] = [{"modality": "TEXT", "tokenCount": call.text_tokens}]
+    if call.image_tokens:
+        details.append({"modality": "IMAGE", "tokenCount": call.image_tokens})
+    return details
+
+
+def count_tokens_body(call: GenerateCall) -> JsonObject:
+    """A ``CountTokensResponse``: the same prompt count ``usageMetadata`` reports for this request."""
+    return {"totalTokens": call.text_tokens + call.image_tokens, "promptTokensDetails": prompt_details(call)}
+
+
 def usage(
     call: GenerateCall,
     *,
@@ -154,10 +167,7 @@ def usage(
     if candidates:
         out["candidatesTokenCount"] = candidates
     out["totalTokenCount"] = prompt + candidates + thoughts_tokens
-    prompt_details = [{"modality": "TEXT", "tokenCount": call.text_tokens}]
-    if call.image_tokens:
-        prompt_details.append({"modality": "IMAGE", "tokenCount": call.image_tokens})
-    out["promptTokensDetails"] = prompt_details
+    out["promptTokensDetails"] = prompt_details(call)
     candidate_details = []
     if text_tokens:
         candidate_details.append({"modality": "TEXT", "tokenCount": text_tokens})

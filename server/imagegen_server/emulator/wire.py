@@ -20,7 +20,6 @@ from typing import Any
 from ..imagetypes import SUPPORTED_INPUT_TYPES, sniff_mime_type
 from ..models import ModelSpec
 from . import errors
-from .errors import ApiError
 from .scenarios import strip_markers
 from .signatures import image_signature, is_skip_sentinel, text_signature
 
@@ -327,8 +326,12 @@ def _image_config(config: Mapping[str, Any], spec: ModelSpec) -> tuple[str, str]
     return ratio, size
 
 
-def parse_request(body: Any, spec: ModelSpec, version: str) -> GenerateCall:
-    """Validate a request body for ``spec``; raise :class:`ApiError` as Gemini would."""
+def parse_request(body: Any, spec: ModelSpec, version: str, *, check_signatures: bool = True) -> GenerateCall:
+    """Validate a request body for ``spec``; raise :class:`ApiError` as Gemini would.
+
+    ``check_signatures=False`` skips the thought-signature checks, which only
+    generation enforces (``countTokens`` tokenizes any history).
+    """
     if not isinstance(body, Mapping):
         raise errors.invalid_json("Root element must be a message.")
     _check_known(body, REQUEST_FIELDS, "")
@@ -360,7 +363,7 @@ def parse_request(body: Any, spec: ModelSpec, version: str) -> GenerateCall:
     seen_visible: set[int] = set()  # contents that already had a non-thought part
     for part in _iter_parts(get_field(body, "contents")):
         image = _inline_image(part)
-        if spec.requires_thought_signatures:
+        if check_signatures and spec.requires_thought_signatures:
             _check_signature(part, image, first_visible=part.content_index not in seen_visible)
         if get_field(part.body, "thought") is not True:
             seen_visible.add(part.content_index)
@@ -392,6 +395,31 @@ def parse_request(body: Any, spec: ModelSpec, version: str) -> GenerateCall:
     )
 
 
+#: CountTokensRequest fields (Gemini API v1beta proto).
+COUNT_TOKENS_FIELDS = frozenset({"contents", "generateContentRequest"})
+
+
+def parse_count_tokens(body: Any, spec: ModelSpec, version: str) -> GenerateCall:
+    """Validate a ``countTokens`` body: ``contents``, or a whole ``generateContentRequest``.
+
+    When ``generateContentRequest`` is set, ``contents`` is ignored, as the
+    API reference says; either is validated like a generation request.
+    """
+    if not isinstance(body, Mapping):
+        raise errors.invalid_json("Root element must be a message.")
+    _check_known(body, COUNT_TOKENS_FIELDS, "")
+    request = get_field(body, "generateContentRequest")
+    if request is None:
+        request = {"contents": get_field(body, "contents")}
+    elif not isinstance(request, Mapping):
+        raise errors.invalid_value(
+            "generate_content_request",
+            "type.googleapis.com/google.ai.generativelanguage.GenerateContentRequest",
+            request,
+        )
+    return parse_request(request, spec, version, check_signatures=False)
+
+
 def iter_texts(body: Any) -> Iterator[str]:
     """Every text in a (possibly invalid) request body, newest turn first.
 
@@ -415,4 +443,4 @@ def iter_texts(body: Any) -> Iterator[str]:
 def check_size(length: int) -> None:
     """Gemini's 400 for a request over the inline-data limit."""
     if length > MAX_REQUEST_BYTES:
-        raise ApiError(400, "INVALID_ARGUMENT", f"Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes.")
+        raise errors.payload_too_large(MAX_REQUEST_BYTES)
