@@ -790,6 +790,62 @@ async def test_header_selection_and_newest_marker_wins(emu: Emulator, http: aioh
     assert emu.unmarked.received == 1 and emu.unmarked.completed == 1
 
 
+async def test_unknown_marker_or_header_is_a_400_naming_it(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """A typo in a marker must fail the test that wrote it, not silently answer ok."""
+    hint = (
+        "Register a scenario with POST /emulator/scenarios (or Emulator.scenario()) on this emulator "
+        "and use the marker it returns; step names are checked when the scenario is registered."
+    )
+    typo = await post(http, emu, prompt("a fox [emulator:nosuch1]"))
+    assert typo.status == 400
+    assert typo.error == {
+        "code": 400,
+        "status": "INVALID_ARGUMENT",
+        "message": "Unknown emulator scenario marker [emulator:nosuch1]: no scenario with that id is registered "
+        f"on this emulator. {hint}",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [
+                    {
+                        "field": "contents[0].parts[0].text",
+                        "description": "Unknown emulator scenario marker [emulator:nosuch1]: no scenario with "
+                        "that id is registered on this emulator.",
+                    }
+                ],
+            }
+        ],
+    }
+    assert emu.unmarked.received == 1 and emu.unmarked.completed == 1
+    # Streams get it too, before any event; so does a marker in the system instruction.
+    in_system = {**prompt("a fox"), "systemInstruction": {"parts": [{"text": "[emulator:gone]"}]}}
+    streamed = await post(http, emu, in_system, stream=True)
+    assert streamed.status == 400
+    assert streamed.error["details"][0]["fieldViolations"][0]["field"] == "system_instruction.parts[0].text"
+    # A removed scenario's marker is unknown from then on.
+    scenario = emu.scenario("ok")
+    assert emu.get_scenario(scenario.id) is not None
+    async with http.delete(f"{emu.base_url}/emulator/scenarios/{scenario.id}") as resp:
+        assert resp.status == 204
+    assert (await post(http, emu, prompt(scenario.mark("x")))).status == 400
+    # The header names the scenario directly.
+    header = await post(http, emu, prompt("x"), headers={"x-emulator-scenario": "nosuch2"})
+    assert header.status == 400
+    assert header.error["message"] == (
+        "Unknown emulator scenario 'nosuch2' in the x-emulator-scenario header: no scenario with that id is "
+        f"registered on this emulator. {hint}"
+    )
+    # A registered marker in the newest turn wins over a stale one in the history.
+    live = emu.scenario("timeout")
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "[emulator:stale] a cat"}]},
+            {"role": "user", "parts": [{"text": live.mark("now blue")}]},
+        ]
+    }
+    assert (await post(http, emu, body)).status == 504 and live.stats.received == 1
+
+
 async def test_latency_and_slow_body(emu: Emulator, http: aiohttp.ClientSession) -> None:
     scenario = emu.scenario("latency:0.2+ok", "slow_body:0.2")
     start = time.monotonic()

@@ -205,21 +205,40 @@ def _target(request: web.Request) -> _Target:
     )
 
 
-def _select(request: web.Request, body: Any) -> tuple[Scenario | None, ScenarioStats, Step]:
-    """The scenario this request follows (header first, then prompt marker)."""
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """The scenario a request follows, the step it gets, and where it is counted."""
+
+    scenario: Scenario | None
+    stats: ScenarioStats
+    step: Step
+    #: The answer for a header or marker that names no registered scenario.
+    unknown: ApiError | None = None
+
+
+def _select(request: web.Request, body: Any) -> _Selection:
+    """The scenario this request follows (header first, then prompt marker).
+
+    A header or marker naming no registered scenario is the test author's
+    mistake (a typo, or another emulator's scenario): it is answered with a
+    400 naming it rather than a silent ``ok``, and counted as unmarked.
+    """
     registry = request.app[STATE].registry
-    scenario: Scenario | None = None
     wanted = request.headers.get(SCENARIO_HEADER)
-    if wanted:
-        scenario = registry.get(wanted)
-        if scenario is None:
-            log.warning("emulator: unknown scenario %r in %s header; answering normally", wanted, SCENARIO_HEADER)
-    if scenario is None:
-        scenario = registry.find_in_texts(iter_texts(body))
+    unknown: ApiError | None = None
+    scenario = registry.get(wanted) if wanted else None
+    if wanted and scenario is None:
+        unknown = errors.unknown_scenario_header(SCENARIO_HEADER, wanted)
+    elif scenario is None:
+        found = registry.find_in_texts(iter_texts(body))
+        scenario = found.scenario
+        if scenario is None and found.unknown:
+            where, marker = found.unknown[0]
+            unknown = errors.unknown_scenario_marker(marker, where)
     if scenario is not None:
-        return scenario, scenario.stats, scenario.next_step()
+        return _Selection(scenario, scenario.stats, scenario.next_step())
     registry.unmarked.received += 1
-    return None, registry.unmarked, DEFAULT_STEP
+    return _Selection(None, registry.unmarked, DEFAULT_STEP, unknown)
 
 
 async def _model_method(request: web.Request) -> web.StreamResponse:
@@ -274,13 +293,16 @@ async def _generate(request: web.Request, target: _Target) -> web.StreamResponse
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             json_error = errors.invalid_json("Unexpected token.")
-    scenario, stats, step = _select(request, body)
+    selection = _select(request, body)
+    scenario, stats, step = selection.scenario, selection.stats, selection.step
     stats.bodies.append(body)
     stats.paths.append(request.path + ("?alt=sse" if target.sse else ""))
     delivery = Delivery(request, step, stats)
     try:
         await delivery.pause(step.latency)
         try:
+            if selection.unknown is not None:
+                raise selection.unknown
             reply = await _answer(request, target, body, json_error, size, step)
         except ApiError as error:
             body_bytes = error.body()

@@ -157,6 +157,27 @@ def payload_too_large(limit: int) -> ApiError:
     return ApiError(400, "INVALID_ARGUMENT", f"Request payload size exceeds the limit: {limit} bytes.")
 
 
+#: How to get a marker that works, for the unknown-scenario errors.
+_SCENARIO_HINT = (
+    "Register a scenario with POST /emulator/scenarios (or Emulator.scenario()) on this emulator "
+    "and use the marker it returns; step names are checked when the scenario is registered."
+)
+
+
+def unknown_scenario_marker(marker: str, field_path: str) -> ApiError:
+    """The emulator's own 400 for an ``[emulator:ID]`` marker no scenario here has issued."""
+    text = f"Unknown emulator scenario marker {marker}: no scenario with that id is registered on this emulator."
+    return invalid_argument(f"{text} {_SCENARIO_HINT}", [{"field": field_path, "description": text}])
+
+
+def unknown_scenario_header(header: str, scenario_id: str) -> ApiError:
+    """The emulator's own 400 for a scenario header naming no registered scenario."""
+    return invalid_argument(
+        f"Unknown emulator scenario {scenario_id!r} in the {header} header: no scenario with that id is "
+        f"registered on this emulator. {_SCENARIO_HINT}"
+    )
+
+
 def no_key() -> ApiError:
     """403 for a request without any API key."""
     return ApiError(403, "PERMISSION_DENIED", NO_KEY_MESSAGE)

@@ -4,7 +4,8 @@ A test registers a scenario (a list of steps) and puts its marker, e.g.
 ``[emulator:1a2b3c4d]``, anywhere in the prompt, or sends the
 ``x-emulator-scenario`` header. Request n of that scenario (1-based) gets step
 n; past the end of the list the last step repeats. Each scenario counts its
-own requests, so parallel tests never see each other's traffic.
+own requests, so parallel tests never see each other's traffic. A marker or
+header naming no registered scenario is answered with a 400 that names it.
 """
 
 from __future__ import annotations
@@ -158,11 +159,27 @@ class ScenarioRegistry:
     def __len__(self) -> int:
         return len(self._scenarios)
 
-    def find_in_texts(self, texts: Iterable[str]) -> Scenario | None:
-        """The first registered scenario whose marker appears in ``texts``."""
-        for text in texts:
+    def find_in_texts(self, texts: Iterable[tuple[str, str]]) -> MarkerLookup:
+        """The first registered scenario whose marker appears in ``texts`` (``(where, text)`` pairs).
+
+        Markers naming no registered scenario are reported too, so that a typo
+        or a scenario of another emulator fails loudly instead of answering ``ok``.
+        """
+        unknown: list[tuple[str, str]] = []
+        for where, text in texts:
             for match in MARKER_RE.finditer(text):
                 scenario = self._scenarios.get(match.group(1))
                 if scenario is not None:
-                    return scenario
-        return None
+                    return MarkerLookup(scenario, tuple(unknown))
+                unknown.append((where, match.group(0)))
+        return MarkerLookup(None, tuple(unknown))
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerLookup:
+    """What the scenario markers in a request resolved to."""
+
+    #: The scenario of the first registered marker, newest turn first.
+    scenario: Scenario | None
+    #: ``(field path, marker)`` of every marker seen before it that names no scenario.
+    unknown: tuple[tuple[str, str], ...] = ()

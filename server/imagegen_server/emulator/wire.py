@@ -420,24 +420,27 @@ def parse_count_tokens(body: Any, spec: ModelSpec, version: str) -> GenerateCall
     return parse_request(request, spec, version, check_signatures=False)
 
 
-def iter_texts(body: Any) -> Iterator[str]:
-    """Every text in a (possibly invalid) request body, newest turn first.
+def iter_texts(body: Any) -> Iterator[tuple[str, str]]:
+    """Every ``(field path, text)`` in a (possibly invalid) request body, newest turn first.
 
     Used to find a scenario marker before validation, so even a request that
     fails validation is counted under its scenario; the newest turn wins
-    because refine histories repeat older prompts (and their markers).
+    because refine histories repeat older prompts (and their markers). Paths
+    are Gemini's snake_case field paths, e.g. ``contents[2].parts[0].text``.
     """
     if not isinstance(body, Mapping):
         return
     contents = get_field(body, "contents")
-    blocks: list[Any] = list(reversed(contents)) if isinstance(contents, list) else []
-    blocks.append(get_field(body, "systemInstruction"))
-    for content in blocks:
+    blocks: list[tuple[str, Any]] = []
+    if isinstance(contents, list):
+        blocks = [(f"contents[{i}]", content) for i, content in reversed(list(enumerate(contents)))]
+    blocks.append(("system_instruction", get_field(body, "systemInstruction")))
+    for where, content in blocks:
         parts = get_field(content, "parts") if isinstance(content, Mapping) else None
-        for part in parts if isinstance(parts, list) else []:
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
             text = get_field(part, "text") if isinstance(part, Mapping) else None
             if isinstance(text, str):
-                yield text
+                yield f"{where}.parts[{j}].text", text
 
 
 def check_size(length: int) -> None:
