@@ -24,6 +24,7 @@ from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
+from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error
 from imagegen_server.service import ImageGenerationServicer, Pipeline
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,15 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     """Start the server (and the embedded emulator when there is no key and no
-    upstream URL); stop both on exit."""
+    upstream URL); stop both on exit.
+
+    Raises :class:`CannotListenError` (before starting anything) when the port
+    or the metrics port is taken or the host is not this machine's.
+    """
+    if not _shares_port(config):
+        check_bindable(config.host, config.port)
+    if config.metrics_port:
+        check_bindable(config.host, config.metrics_port, what="metrics port", flag="--metrics-port")
     async with contextlib.AsyncExitStack() as stack:
         emulator: Emulator | None = None
         api_key: str | None
@@ -89,9 +98,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
-        if port == 0:
-            raise OSError(f"could not bind {config.host}:{config.port}")
+        port = _listen(server, config)
         await server.start()
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         running = RunningServer(
@@ -118,9 +125,37 @@ async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, con
     runner = web.AppRunner(metrics_app(metrics), access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    await web.TCPSite(runner, config.host, config.metrics_port).start()
+    try:
+        await web.TCPSite(runner, config.host, config.metrics_port).start()
+    except OSError as exc:
+        port = config.metrics_port or 0
+        raise CannotListenError(
+            describe_bind_error(exc, config.host, port, what="metrics port", flag="--metrics-port")
+        ) from exc
     port = int(runner.addresses[0][1])
     log.info("metrics on http://%s:%d/metrics", config.host, port)
+    return port
+
+
+def _shares_port(config: ServerConfig) -> bool:
+    """Whether this server may share its port with other processes (``SO_REUSEPORT``).
+
+    Never today: a second server on a taken port must fail, not silently split
+    the traffic with the first (gRPC's default). Worker processes sharing one
+    port on purpose would answer yes here, for their own config.
+    """
+    return False
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Bind the gRPC port; returns the bound port (the chosen one for port 0)."""
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # gRPC gives no reason; check_bindable usually named it already
+        raise CannotListenError(f"cannot listen on {address}") from exc
+    if port == 0:
+        raise CannotListenError(f"cannot listen on {address}")
     return port
 
 
@@ -129,6 +164,8 @@ def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
     return grpc.aio.server(
         interceptors=[ObservabilityInterceptor(metrics)],
         options=[
+            # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
+            ("grpc.so_reuseport", int(_shares_port(config))),
             # Images are megabytes; gRPC's default 4 MiB receive limit is too small.
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -139,14 +176,20 @@ def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    stop = asyncio.Event()
+async def serve(config: ServerConfig) -> signal.Signals:
+    """Run until SIGINT or SIGTERM, then shut down gracefully; returns the signal that stopped it."""
     loop = asyncio.get_running_loop()
+    stopped_by: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def stop(sig: signal.Signals) -> None:
+        if not stopped_by.done():
+            stopped_by.set_result(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop, sig)
     async with run_server(config) as running:
-        await stop.wait()
-        log.info("shutting down: %.1f s grace for in-flight calls", config.shutdown_grace)
+        received = await stopped_by
+        log.info("%s: shutting down, %.1f s grace for in-flight calls", received.name, config.shutdown_grace)
         await running.shutdown()
     log.info("stopped")
+    return received

@@ -1,15 +1,27 @@
-"""``imagegen serve``: parse flags and environment, set up logging, run the server."""
+"""``imagegen serve``: parse flags and environment, set up logging, run the server.
+
+Exit codes: 0 after a graceful stop on SIGTERM, 130 after one on Ctrl-C
+(SIGINT), 2 for a bad flag, 7 when the address cannot be bound (the port is
+taken, or the host is not this machine's). ``imagegen --help`` lists them all.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
 from imagegen_server.app import serve
 from imagegen_server.config import ServerConfig
 from imagegen_server.observability import GenerationLogFilter
+from imagegen_server.ports import CannotListenError
+
+EXIT_OK = 0
+#: The port is taken or the address cannot be bound (the ``imagegen`` command documents the same number).
+EXIT_CANNOT_LISTEN = 7
+EXIT_INTERRUPTED = 130
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +33,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(generation)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
-        asyncio.run(serve(config))
-    except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
-        return 130
-    return 0
+        stopped_by = asyncio.run(serve(config))
+    except CannotListenError as exc:
+        print(f"imagegen serve: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are installed
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if stopped_by == signal.SIGINT else EXIT_OK

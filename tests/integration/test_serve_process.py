@@ -1,4 +1,4 @@
-"""`imagegen serve` as a real process: embedded emulator, first log line, SIGTERM."""
+"""`imagegen serve` as a real process: embedded emulator, first log line, signals, a port already taken."""
 
 from __future__ import annotations
 
@@ -6,42 +6,142 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from imagegen_cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_INTERRUPTED
+from imagegen_server import cli as server_cli
 
-async def test_serve_starts_the_emulator_and_stops_cleanly_on_sigterm() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"GEMINI_API_KEY", "GOOGLE_API_KEY"}}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imagegen_server",
-        "serve",
-        "--port",
-        "0",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+
+def _env() -> dict[str, str]:
+    """The environment without a key or IMAGEGEN_* settings, so every server starts the embedded emulator."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"GEMINI_API_KEY", "GOOGLE_API_KEY"} and not k.startswith("IMAGEGEN_")
+    }
+
+
+@dataclass
+class Serving:
+    """A running `imagegen serve` child and the address it printed."""
+
+    proc: asyncio.subprocess.Process
+    target: str
+    first_line: str
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rsplit(":", 1)[1])
+
+
+async def _serve_command(*args: str) -> asyncio.subprocess.Process:
+    # The `imagegen` command exactly as the console script runs it.
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imagegen_cli", "serve", *args, stderr=asyncio.subprocess.PIPE, env=_env()
     )
+
+
+@asynccontextmanager
+async def serving(*args: str) -> AsyncIterator[Serving]:
+    """Start `imagegen serve ARGS` and wait for its listening line; kill it on exit if still running."""
+    proc = await _serve_command(*args)
     assert proc.stderr is not None
     try:
         first = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
-        assert "embedded Gemini emulator" in first, first
         target = ""
         while not target:
             line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
             assert line, "server exited before listening"
             if match := re.search(r"listening on (\S+)", line):
                 target = match.group(1)
-        async with grpc.aio.insecure_channel(target) as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-        rest = (await proc.stderr.read()).decode()
-        assert "stopped" in rest
+        yield Serving(proc, target, first)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _health(target: str) -> int:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return reply.status
+
+
+async def _refused(*args: str) -> tuple[int, list[str]]:
+    """Run a serve that must fail at once: its exit code and stderr lines."""
+    proc = await _serve_command(*args)
+    assert proc.stderr is not None
+    stderr = await asyncio.wait_for(proc.stderr.read(), 30)
+    return await asyncio.wait_for(proc.wait(), 30), stderr.decode().splitlines()
+
+
+def test_the_cli_and_the_server_agree_on_exit_codes() -> None:
+    assert server_cli.EXIT_CANNOT_LISTEN == EXIT_CANNOT_LISTEN
+    assert server_cli.EXIT_INTERRUPTED == EXIT_INTERRUPTED
+
+
+async def test_serve_starts_the_emulator_and_stops_cleanly_on_sigterm() -> None:
+    async with serving("--port", "0") as server:
+        assert "embedded Gemini emulator" in server.first_line, server.first_line
+        assert await _health(server.target) == health_pb2.HealthCheckResponse.SERVING
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.proc.wait(), 20) == 0
+        assert server.proc.stderr is not None
+        rest = (await server.proc.stderr.read()).decode()
+        assert "SIGTERM: shutting down" in rest and "stopped" in rest
+
+
+async def test_ctrl_c_stops_gracefully_and_exits_130() -> None:
+    async with serving("--port", "0") as server:
+        server.proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(server.proc.wait(), 20) == 130
+        assert server.proc.stderr is not None
+        assert "stopped" in (await server.proc.stderr.read()).decode()
+
+
+async def test_a_second_serve_on_the_same_port_is_refused_in_one_line() -> None:
+    async with serving("--port", "0") as first:
+        code, lines = await _refused("--port", str(first.port))
+        assert code == EXIT_CANNOT_LISTEN
+        assert lines == [
+            f"imagegen serve: port {first.port} on 127.0.0.1 is already in use; choose another with --port"
+        ]
+        # The first server is untouched and still the only one answering.
+        assert first.proc.returncode is None
+        assert await _health(first.target) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port held by a plain (non-gRPC) listening socket."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        yield holder.getsockname()[1]
+
+
+async def test_a_port_held_by_another_program_is_refused_in_one_line(held_port: int) -> None:
+    code, lines = await _refused("--port", str(held_port))
+    assert code == EXIT_CANNOT_LISTEN
+    assert lines == [f"imagegen serve: port {held_port} on 127.0.0.1 is already in use; choose another with --port"]
+
+
+async def test_a_taken_metrics_port_is_refused_in_one_line(held_port: int) -> None:
+    code, lines = await _refused("--port", "0", "--metrics-port", str(held_port))
+    assert code == EXIT_CANNOT_LISTEN
+    assert lines == [
+        f"imagegen serve: metrics port {held_port} on 127.0.0.1 is already in use; choose another with --metrics-port"
+    ]
+
+
+async def test_a_host_that_is_not_this_machine_is_refused_in_one_line() -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never a local address.
+    code, lines = await _refused("--host", "192.0.2.1", "--port", "50051")
+    assert code == EXIT_CANNOT_LISTEN
+    assert lines == ["imagegen serve: 192.0.2.1 is not an address of this machine (--host)"]
