@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fails when src/gen/ is not what `npm run generate` would write from the
-# current protos (../../protos and proto/). Generates into a temp dir; touches
+# current protos (../../protos, googleapis files included). Generates into a temp dir; touches
 # nothing in the tree.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

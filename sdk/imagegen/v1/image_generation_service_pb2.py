@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from imagegen.v1 import image_pb2 as imagegen_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*imagegen/v1/image_generation_service.proto\x12\x0bimagegen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17imagegen/v1/image.proto\"\x9b\x01\n\x11GenerationOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x04 \x01(\t\x12\x12\n\nimage_size\x18\x05 \x01(\t\x12\x11\n\x04seed\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05_seed\"|\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.Image\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptions\"?\n\x10GenerateResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\x82\x01\n\x15GenerateStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12(\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.Image\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptions\"\x9e\x01\n\rRefineRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\"\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.Turn\x12(\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.Image\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptions\"=\n\x0eRefineResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\xa4\x01\n\x13RefineStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\"\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.Turn\x12(\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.Image\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptions\"~\n\x08\x41\x63\x63\x65pted\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\nimage_size\x18\x06 \x01(\t\"7\n\x0e\x41ttemptStarted\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"\x93\x01\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nwill_retry\x18\x06 \x01(\x08\"7\n\tHeartbeat\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x07Preview\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\r\n\x05index\x18\x02 \x01(\x05\"\xbe\x02\n\x16GenerateStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\xbc\x02\n\x14RefineStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.imagegen.v1.ModelInfo2\xa7\x03\n\x16ImageGenerationService\x12G\n\x08Generate\x12\x1c.imagegen.v1.GenerateRequest\x1a\x1d.imagegen.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".imagegen.v1.GenerateStreamRequest\x1a#.imagegen.v1.GenerateStreamResponse0\x01\x12\x41\n\x06Refine\x12\x1a.imagegen.v1.RefineRequest\x1a\x1b.imagegen.v1.RefineResponse\x12U\n\x0cRefineStream\x12 .imagegen.v1.RefineStreamRequest\x1a!.imagegen.v1.RefineStreamResponse0\x01\x12M\n\nListModels\x12\x1e.imagegen.v1.ListModelsRequest\x1a\x1f.imagegen.v1.ListModelsResponseBz\n\x0f\x64\x65v.imagegen.v1B\x1bImageGenerationServiceProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*imagegen/v1/image_generation_service.proto\x12\x0bimagegen.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17imagegen/v1/image.proto\"\xc5\x01\n\x11GenerationOptions\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06height\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61spect_ratio\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nimage_size\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nrequest_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_seed\"\x8e\x01\n\x0fGenerateRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"?\n\x10GenerateResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\x94\x01\n\x15GenerateStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"\xb6\x01\n\rRefineRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"=\n\x0eRefineResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\xbc\x01\n\x13RefineStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"~\n\x08\x41\x63\x63\x65pted\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\nimage_size\x18\x06 \x01(\t\"7\n\x0e\x41ttemptStarted\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"\x93\x01\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nwill_retry\x18\x06 \x01(\x08\"7\n\tHeartbeat\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x07Preview\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\r\n\x05index\x18\x02 \x01(\x05\"\xbe\x02\n\x16GenerateStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\xbc\x02\n\x14RefineStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.imagegen.v1.ModelInfo2\xc4\x04\n\x16ImageGenerationService\x12g\n\x08Generate\x12\x1c.imagegen.v1.GenerateRequest\x1a\x1d.imagegen.v1.GenerateResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/images:generate:\x01*\x12\x81\x01\n\x0eGenerateStream\x12\".imagegen.v1.GenerateStreamRequest\x1a#.imagegen.v1.GenerateStreamResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/images:generateStream:\x01*0\x01\x12_\n\x06Refine\x12\x1a.imagegen.v1.RefineRequest\x1a\x1b.imagegen.v1.RefineResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/images:refine:\x01*\x12y\n\x0cRefineStream\x12 .imagegen.v1.RefineStreamRequest\x1a!.imagegen.v1.RefineStreamResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/images:refineStream:\x01*0\x01\x12\x61\n\nListModels\x12\x1e.imagegen.v1.ListModelsRequest\x1a\x1f.imagegen.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsBz\n\x0f\x64\x65v.imagegen.v1B\x1bImageGenerationServiceProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +36,90 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegen.v1.image_generatio
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.imagegen.v1B\033ImageGenerationServiceProtoP\001Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\252\002\013Imagegen.V1'
-  _globals['_GENERATIONOPTIONS']._serialized_start=117
-  _globals['_GENERATIONOPTIONS']._serialized_end=272
-  _globals['_GENERATEREQUEST']._serialized_start=274
-  _globals['_GENERATEREQUEST']._serialized_end=398
-  _globals['_GENERATERESPONSE']._serialized_start=400
-  _globals['_GENERATERESPONSE']._serialized_end=463
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=466
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=596
-  _globals['_REFINEREQUEST']._serialized_start=599
-  _globals['_REFINEREQUEST']._serialized_end=757
-  _globals['_REFINERESPONSE']._serialized_start=759
-  _globals['_REFINERESPONSE']._serialized_end=820
-  _globals['_REFINESTREAMREQUEST']._serialized_start=823
-  _globals['_REFINESTREAMREQUEST']._serialized_end=987
-  _globals['_ACCEPTED']._serialized_start=989
-  _globals['_ACCEPTED']._serialized_end=1115
-  _globals['_ATTEMPTSTARTED']._serialized_start=1117
-  _globals['_ATTEMPTSTARTED']._serialized_end=1172
-  _globals['_ATTEMPTFAILED']._serialized_start=1175
-  _globals['_ATTEMPTFAILED']._serialized_end=1322
-  _globals['_HEARTBEAT']._serialized_start=1324
-  _globals['_HEARTBEAT']._serialized_end=1379
-  _globals['_PREVIEW']._serialized_start=1381
-  _globals['_PREVIEW']._serialized_end=1440
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1443
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1761
-  _globals['_REFINESTREAMRESPONSE']._serialized_start=1764
-  _globals['_REFINESTREAMRESPONSE']._serialized_end=2080
-  _globals['_LISTMODELSREQUEST']._serialized_start=2082
-  _globals['_LISTMODELSREQUEST']._serialized_end=2101
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2103
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2163
-  _globals['_IMAGEGENERATIONSERVICE']._serialized_start=2166
-  _globals['_IMAGEGENERATIONSERVICE']._serialized_end=2589
+  _globals['_GENERATIONOPTIONS'].fields_by_name['model']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['model']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['width']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['width']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['height']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['height']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['aspect_ratio']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['aspect_ratio']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['image_size']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['image_size']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['seed']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['seed']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['request_id']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATEREQUEST'].fields_by_name['prompt']._loaded_options = None
+  _globals['_GENERATEREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
+  _globals['_GENERATEREQUEST'].fields_by_name['input_images']._loaded_options = None
+  _globals['_GENERATEREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATEREQUEST'].fields_by_name['options']._loaded_options = None
+  _globals['_GENERATEREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['prompt']._loaded_options = None
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['input_images']._loaded_options = None
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['options']._loaded_options = None
+  _globals['_GENERATESTREAMREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_REFINEREQUEST'].fields_by_name['prompt']._loaded_options = None
+  _globals['_REFINEREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
+  _globals['_REFINEREQUEST'].fields_by_name['history']._loaded_options = None
+  _globals['_REFINEREQUEST'].fields_by_name['history']._serialized_options = b'\342A\001\002'
+  _globals['_REFINEREQUEST'].fields_by_name['input_images']._loaded_options = None
+  _globals['_REFINEREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
+  _globals['_REFINEREQUEST'].fields_by_name['options']._loaded_options = None
+  _globals['_REFINEREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['prompt']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['history']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['history']._serialized_options = b'\342A\001\002'
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['input_images']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['options']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Generate']._loaded_options = None
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Generate']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/images:generate:\001*'
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['GenerateStream']._loaded_options = None
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['GenerateStream']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/images:generateStream:\001*'
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Refine']._loaded_options = None
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Refine']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/images:refine:\001*'
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['RefineStream']._loaded_options = None
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['RefineStream']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/images:refineStream:\001*'
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
+  _globals['_GENERATIONOPTIONS']._serialized_start=180
+  _globals['_GENERATIONOPTIONS']._serialized_end=377
+  _globals['_GENERATEREQUEST']._serialized_start=380
+  _globals['_GENERATEREQUEST']._serialized_end=522
+  _globals['_GENERATERESPONSE']._serialized_start=524
+  _globals['_GENERATERESPONSE']._serialized_end=587
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=590
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=738
+  _globals['_REFINEREQUEST']._serialized_start=741
+  _globals['_REFINEREQUEST']._serialized_end=923
+  _globals['_REFINERESPONSE']._serialized_start=925
+  _globals['_REFINERESPONSE']._serialized_end=986
+  _globals['_REFINESTREAMREQUEST']._serialized_start=989
+  _globals['_REFINESTREAMREQUEST']._serialized_end=1177
+  _globals['_ACCEPTED']._serialized_start=1179
+  _globals['_ACCEPTED']._serialized_end=1305
+  _globals['_ATTEMPTSTARTED']._serialized_start=1307
+  _globals['_ATTEMPTSTARTED']._serialized_end=1362
+  _globals['_ATTEMPTFAILED']._serialized_start=1365
+  _globals['_ATTEMPTFAILED']._serialized_end=1512
+  _globals['_HEARTBEAT']._serialized_start=1514
+  _globals['_HEARTBEAT']._serialized_end=1569
+  _globals['_PREVIEW']._serialized_start=1571
+  _globals['_PREVIEW']._serialized_end=1630
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1633
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1951
+  _globals['_REFINESTREAMRESPONSE']._serialized_start=1954
+  _globals['_REFINESTREAMRESPONSE']._serialized_end=2270
+  _globals['_LISTMODELSREQUEST']._serialized_start=2272
+  _globals['_LISTMODELSREQUEST']._serialized_end=2291
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2293
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2353
+  _globals['_IMAGEGENERATIONSERVICE']._serialized_start=2356
+  _globals['_IMAGEGENERATIONSERVICE']._serialized_end=2936
 # @@protoc_insertion_point(module_scope)

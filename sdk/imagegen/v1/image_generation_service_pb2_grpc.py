@@ -30,8 +30,12 @@ class ImageGenerationServiceStub:
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     def __init__(self, channel):
@@ -72,8 +76,12 @@ class ImageGenerationServiceServicer:
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     def Generate(self, request, context):
@@ -154,8 +162,12 @@ class ImageGenerationService:
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     @staticmethod

@@ -31,8 +31,12 @@ class ImageGenerationServiceStub:
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     @_typing.overload
@@ -59,8 +63,12 @@ class ImageGenerationServiceAsyncStub(ImageGenerationServiceStub):
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -83,8 +91,12 @@ class ImageGenerationServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every failure ends in a standard gRPC status with `google.rpc` details in
     the `grpc-status-details-bin` trailer: exactly one `ErrorInfo` (domain
-    `imagegen.dev`), plus `RetryInfo`, `QuotaFailure` or `BadRequest` where
-    they apply.
+    `imagegen.dev`, reasons in `ErrorReason`), plus `RetryInfo`,
+    `QuotaFailure` or `BadRequest` where they apply.
+
+    The `google.api.http` annotations give each RPC its REST/JSON route (as
+    Google's APIs and Envoy's gRPC-JSON transcoder read them); the streaming
+    twins map to Server-Sent Events, one event per stream message.
     """
 
     @_abc_1.abstractmethod
