@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -22,6 +23,9 @@ import aiohttp
 import pytest
 from PIL import Image
 
+import imagegen
+from imagegen_server.app import run_server
+from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import SKIP_SENTINEL, Emulator, image_signature, parse_step
 from imagegen_server.emulator.responses import output_tokens
 from imagegen_server.emulator.steps import parse_steps
@@ -935,29 +939,66 @@ async def test_admin_api(emu: Emulator, http: aiohttp.ClientSession) -> None:
         assert resp.status == 404
 
 
-async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
+@contextlib.asynccontextmanager
+async def emulator_process(*args: str) -> AsyncIterator[tuple[str, str]]:
+    """``imagegen emulator --port 0 ARGS`` as a process: yields (base URL, its first line); SIGTERM at the end."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "imagegen_server.emulator",
         "--port",
         "0",
-        "--api-key",
-        "k1",
+        *args,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        base = line.split(" listening on ")[1].split()[0]
-        async with http.post(
-            f"{base}/v1beta/models/{FLASH}:generateContent", json=prompt("x"), headers={"x-goog-api-key": "k1"}
-        ) as resp:
-            assert resp.status == 200
+        yield line.split(" listening on ")[1].split()[0], line
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_cli_with_api_key_requires_it(http: aiohttp.ClientSession) -> None:
+    async with emulator_process("--api-key", "k1") as (base, line):
+        assert "k1" not in line  # keys are never printed
+        target = f"{base}/v1beta/models/{FLASH}:generateContent"
+        for headers, status in [({"x-goog-api-key": "k1"}, 200), ({}, 403), ({"x-goog-api-key": "k2"}, 400)]:
+            async with http.post(target, json=prompt("x"), headers=headers) as resp:
+                assert resp.status == status
+
+
+async def test_cli_without_api_key_pairs_with_serve_without_a_key(http: aiohttp.ClientSession) -> None:
+    """``imagegen emulator`` then ``imagegen serve --upstream-url`` with GEMINI_API_KEY unset just works."""
+    async with emulator_process() as (base, line):
+        assert f"pair with: imagegen serve --upstream-url {base}" in line
+        target = f"{base}/v1beta/models/{FLASH}:generateContent"
+        for headers in ({}, {"x-goog-api-key": "anything"}):
+            async with http.post(target, json=prompt("x"), headers=headers) as resp:
+                assert resp.status == 200
+        # The gateway as serve configures it with no key in the environment: no key is sent at all.
+        config = ServerConfig.from_args(["--port", "0", "--upstream-url", base], env={})
+        assert config.api_key is None and not config.uses_embedded_emulator
+        async with run_server(config) as running, imagegen.AsyncClient(running.target) as client:
+            result = await client.generate("a red fox", seed=3)
+            assert result.image.data.startswith(b"\x89PNG")
+            # The auth fault steps still answer Gemini's auth errors on demand.
+            async with http.post(f"{base}/emulator/scenarios", json={"steps": ["bad_key"]}) as resp:
+                marker = (await resp.json())["marker"]
+            with pytest.raises(imagegen.UpstreamAuthError):
+                await client.generate(f"a red fox {marker}")
+
+
+async def test_open_emulator_still_serves_auth_fault_steps(http: aiohttp.ClientSession) -> None:
+    async with Emulator(api_key=None) as emu:
+        assert (await post(http, emu, prompt("x"), key=None)).status == 200
+        assert (await post(http, emu, prompt("x"), key="whatever")).status == 200
+        scenario = emu.scenario("no_key", "bad_key")
+        assert (await post(http, emu, prompt(scenario.mark("x")), key=None)).status == 403
+        bad = await post(http, emu, prompt(scenario.mark("x")), key=None)
+        assert bad.status == 400 and bad.error["details"][0]["reason"] == "API_KEY_INVALID"

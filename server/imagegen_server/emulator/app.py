@@ -42,7 +42,8 @@ _JSON = "application/json; charset=UTF-8"
 class EmulatorState:
     """Everything one emulator instance knows."""
 
-    api_key: str
+    #: The key clients must send; None accepts any key, or none (see :func:`_check_key`).
+    api_key: str | None
     registry: ScenarioRegistry = field(default_factory=ScenarioRegistry)
     renderer: Renderer = field(default_factory=Renderer)
 
@@ -50,8 +51,8 @@ class EmulatorState:
 STATE: web.AppKey[EmulatorState] = web.AppKey("imagegen_emulator_state", EmulatorState)
 
 
-def create_app(*, api_key: str = DEFAULT_API_KEY, state: EmulatorState | None = None) -> web.Application:
-    """Build the emulator app.
+def create_app(*, api_key: str | None = DEFAULT_API_KEY, state: EmulatorState | None = None) -> web.Application:
+    """Build the emulator app; ``api_key=None`` accepts any key, or none.
 
     To notice clients that hang up mid-request, run it with
     ``handler_cancellation=True`` (``web.AppRunner(app, handler_cancellation=True)``),
@@ -139,11 +140,20 @@ def _error_response(error: ApiError) -> web.Response:
 
 
 def _check_key(request: web.Request) -> None:
-    """Gemini's auth: ``x-goog-api-key`` header or ``?key=``; 403 if absent, 400 if wrong."""
+    """Gemini's auth: ``x-goog-api-key`` header or ``?key=``; 403 if absent, 400 if wrong.
+
+    An emulator without a key of its own (``api_key=None``, the
+    ``imagegen emulator`` default) lets every caller in, so a gateway paired
+    with it needs no made-up key; the ``no_key`` and ``bad_key`` steps still
+    answer Gemini's auth errors on demand.
+    """
+    expected = request.app[STATE].api_key
+    if expected is None:
+        return
     key = request.headers.get("x-goog-api-key") or request.query.get("key")
     if not key:
         raise errors.no_key()
-    if key != request.app[STATE].api_key:
+    if key != expected:
         raise errors.bad_key()
 
 

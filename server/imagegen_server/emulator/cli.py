@@ -9,19 +9,37 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .app import DEFAULT_API_KEY
 from .render import IMAGE_PROFILE_ENV, IMAGE_PROFILES, resolve_image_profile
 from .server import Emulator
+
+_EPILOG = """\
+pair it with the gateway; no key is needed, since without --api-key the
+emulator accepts any key, or none:
+  imagegen emulator --port 8765
+  imagegen serve --upstream-url http://127.0.0.1:8765
+
+script faults: POST /emulator/scenarios {"steps": ["rate_limit:2", "ok"]}
+returns a marker such as [emulator:1a2b3c4d] to put in a prompt; a marker
+no scenario issued is answered with a 400 naming it. Step vocabulary:
+imagegen_server/emulator/steps.py.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(
-        prog="imagegen emulator", description="Run a local Gemini API emulator with fault injection."
+        prog="imagegen emulator",
+        description="Run a local Gemini API emulator with fault injection.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the key clients must send (default: %(default)s)")
+    parser.add_argument(
+        "--api-key",
+        help="require this key (x-goog-api-key header or ?key=), answering a missing one with 403 and a wrong "
+        "one with 400 as Gemini does (default: none required, any key or none is accepted)",
+    )
     parser.add_argument(
         "--image-profile",
         choices=IMAGE_PROFILES,
@@ -32,14 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(host: str, port: int, api_key: str, image_profile: str) -> None:
+async def _serve(host: str, port: int, api_key: str | None, image_profile: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Emulator(host=host, port=port, api_key=api_key, image_profile=image_profile) as emulator:
-        # One line, flushed: scripts and other-language tests wait for it.
-        print(f"Gemini emulator listening on {emulator.base_url} (api key: {api_key})", flush=True)
+        # One line, flushed: scripts and other-language tests wait for it. The
+        # key itself is never printed, like every key in this project.
+        auth = "requires the --api-key key" if api_key is not None else "accepts any API key, or none"
+        print(
+            f"Gemini emulator listening on {emulator.base_url} ({auth}; "
+            f"pair with: imagegen serve --upstream-url {emulator.base_url})",
+            flush=True,
+        )
         await stop.wait()
 
 

@@ -27,10 +27,11 @@ class Emulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        api_key: str = DEFAULT_API_KEY,
+        api_key: str | None = DEFAULT_API_KEY,
         image_profile: str | None = None,
     ) -> None:
         self.host = host
+        #: The key clients must send (``emulator-key`` unless given); None accepts any key, or none.
         self.api_key = api_key
         self._requested_port = port
         # image_profile: "realistic" (Gemini-sized PNGs) or "small"; None reads
