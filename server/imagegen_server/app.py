@@ -24,8 +24,9 @@ from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
+from imagegen_server.pipeline import Pipeline
 from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error
-from imagegen_server.service import ImageGenerationServicer, Pipeline
+from imagegen_server.service import ImageGenerationServicer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             log.info("upstream Gemini at %s (%s)", upstream_url, config.api_version)
         client = await stack.enter_async_context(GeminiClient(upstream_url, api_key, api_version=config.api_version))
         metrics = Metrics()
-        pipeline = Pipeline(config, client, metrics=metrics)
+        pipeline = Pipeline(config, client, observer=metrics)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
         server = _grpc_server(config, metrics)
         pb_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(pipeline, config), server)

@@ -3,6 +3,8 @@
 Each RPC gets one log line (method, status code, duration, request and
 generation ids; never request bodies or the API key) and is counted in a
 per-server :class:`Metrics` registry, served over HTTP by :func:`metrics_app`.
+:class:`Metrics` also observes the pipeline's generation lifecycle
+(:mod:`imagegen_server.lifecycle`) to count upstream attempts and retry waits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from imagegen_server.gemini.errors import UpstreamError
+from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.retry import RetryDecision
 
 log = logging.getLogger("imagegen_server.access")
 
@@ -40,8 +46,12 @@ class GenerationLogFilter(logging.Filter):
         return True
 
 
-class Metrics:
-    """The server's Prometheus metrics, in their own registry (no global state)."""
+class Metrics(GenerationObserver):
+    """The server's Prometheus metrics, in their own registry (no global state).
+
+    The interceptor counts RPCs; the generation counters are fed by observing
+    the pipeline (it reports happenings, this class decides what to count).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -65,6 +75,34 @@ class Metrics:
         self.retry_wait_seconds = Counter(
             "imagegen_retry_wait_seconds", "Seconds spent waiting between upstream attempts.", registry=self.registry
         )
+        self.generations = Counter(
+            "imagegen_generations",
+            "Generations that reached upstream, by model and outcome (ok or the last failure kind).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+
+    def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
+        """Count the failed attempt by its kind."""
+        self.upstream_attempts.labels(error.kind.name).inc()
+
+    def attempt_succeeded(self, model: str, attempt: int) -> None:
+        """Count the successful attempt."""
+        self.upstream_attempts.labels("ok").inc()
+
+    def retry_waiting(self, model: str, attempt: int, delay: float) -> None:
+        """Add the backoff about to be waited."""
+        self.retry_wait_seconds.inc(delay)
+
+    def generation_done(self, model: str, attempts: int, elapsed: float) -> None:
+        """Count a generation that got its image."""
+        self.generations.labels(model, "ok").inc()
+
+    def generation_failed(
+        self, model: str, attempts: int, error: UpstreamError, stop_reason: str, elapsed: float
+    ) -> None:
+        """Count a generation the retry loop gave up on, by its last failure."""
+        self.generations.labels(model, error.kind.name).inc()
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""

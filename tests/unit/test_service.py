@@ -1,4 +1,4 @@
-"""The servicer and pipeline with a fake upstream: edge cases hard to reach over HTTP."""
+"""The servicer and pipeline with a fake upstream: edge cases hard to reach over HTTP, and what the pipeline reports."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from PIL import Image as PILImage
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.config import ServerConfig
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, Part, UpstreamRequest, UpstreamResult, Usage
-from imagegen_server.service import ImageGenerationServicer, Pipeline
+from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.pipeline import Pipeline
+from imagegen_server.retry import RetryDecision
+from imagegen_server.service import ImageGenerationServicer
 from tests.integration.status_helpers import details_of
 
 
@@ -31,6 +35,8 @@ class FakeUpstream:
     def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
         self.delay = delay
         self.error = error
+        #: Raised one per call, before ``error`` applies.
+        self.failures: list[Exception] = []
         self.requests: list[UpstreamRequest] = []
         self.cancelled = 0
 
@@ -47,6 +53,8 @@ class FakeUpstream:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        if self.failures:
+            raise self.failures.pop(0)
         if self.error is not None:
             raise self.error
         image = InlineImage(_png(), "image/png")
@@ -69,12 +77,44 @@ def upstream() -> FakeUpstream:
     return FakeUpstream()
 
 
+class Recorder(GenerationObserver):
+    """Writes down every lifecycle happening the pipeline reports."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def attempt_started(self, model: str, attempt: int, max_attempts: int) -> None:
+        self.seen.append(("attempt_started", model, attempt, max_attempts))
+
+    def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
+        self.seen.append(("attempt_failed", model, attempt, error.kind.name, decision.will_retry))
+
+    def attempt_succeeded(self, model: str, attempt: int) -> None:
+        self.seen.append(("attempt_succeeded", model, attempt))
+
+    def retry_waiting(self, model: str, attempt: int, delay: float) -> None:
+        self.seen.append(("retry_waiting", model, attempt))
+
+    def generation_done(self, model: str, attempts: int, elapsed: float) -> None:
+        self.seen.append(("generation_done", model, attempts))
+
+    def generation_failed(
+        self, model: str, attempts: int, error: UpstreamError, stop_reason: str, elapsed: float
+    ) -> None:
+        self.seen.append(("generation_failed", model, attempts, error.kind.name, stop_reason))
+
+
 @pytest.fixture
-async def stub(upstream: FakeUpstream) -> AsyncIterator[pb_grpc.ImageGenerationServiceStub]:
-    config = replace(ServerConfig(), heartbeat_interval=0.05)
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def stub(upstream: FakeUpstream, recorder: Recorder) -> AsyncIterator[pb_grpc.ImageGenerationServiceStub]:
+    config = replace(ServerConfig(), heartbeat_interval=0.05, initial_backoff=0.01)
     server = grpc.aio.server()
     pb_grpc.add_ImageGenerationServiceServicer_to_server(
-        ImageGenerationServicer(Pipeline(config, upstream), config), server
+        ImageGenerationServicer(Pipeline(config, upstream, observer=recorder), config), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -143,3 +183,38 @@ async def test_duplicate_stream_gets_heartbeats_then_the_shared_result(
     assert kinds[-1] == "completed" and set(kinds[:-1]) == {"heartbeat"} and len(kinds) >= 3
     assert events[-1].completed.generation_id == (await owner).generation.generation_id
     assert len(upstream.requests) == 1
+
+
+async def test_pipeline_reports_each_happening_to_its_observer(
+    stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream, recorder: Recorder
+) -> None:
+    upstream.failures = [UpstreamError(ErrorKind.UNAVAILABLE, "overloaded")]
+    stream = [e async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x"))]
+    model = stream[0].accepted.model
+    assert recorder.seen == [
+        ("attempt_started", model, 1, 3),
+        ("attempt_failed", model, 1, "UNAVAILABLE", True),
+        ("retry_waiting", model, 1),
+        ("attempt_started", model, 2, 3),
+        ("attempt_succeeded", model, 2),
+        ("generation_done", model, 2),
+    ]
+    # The caller's stream tells the same story.
+    assert [e.WhichOneof("event") for e in stream if e.WhichOneof("event") != "heartbeat"] == [
+        "accepted",
+        "attempt_started",
+        "attempt_failed",
+        "attempt_started",
+        "completed",
+    ]
+
+    recorder.seen.clear()
+    upstream.error = UpstreamError(ErrorKind.CONTENT_BLOCKED, "blocked")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(pb.GenerateRequest(prompt="x"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert recorder.seen == [
+        ("attempt_started", model, 1, 3),
+        ("attempt_failed", model, 1, "CONTENT_BLOCKED", False),
+        ("generation_failed", model, 1, "CONTENT_BLOCKED", "not_retryable"),
+    ]

@@ -1,0 +1,350 @@
+"""The one code path of all four generation RPCs: validation -> translation -> retry loop -> upstream.
+
+:meth:`Pipeline.events` is an async generator of progress events ending in the
+finished ``Generation``. The streaming RPCs forward every event; the unary RPCs
+are the same generator with the events dropped. The pipeline orchestrates only:
+messages are built by :mod:`imagegen_server.events`, and what happens to each
+request is reported to a :class:`~imagegen_server.lifecycle.GenerationObserver`
+(metrics among others) instead of being counted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from imagegen.v1 import image_pb2
+from imagegen_server import errors, events
+from imagegen_server.config import ServerConfig
+from imagegen_server.errors import ServiceError
+from imagegen_server.events import Event
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
+from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
+from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.observability import bind_generation
+from imagegen_server.retry import (
+    MONOTONIC_CLOCK,
+    Clock,
+    RetryBudget,
+    RetryDecision,
+    RetryFailure,
+    RetryOutcome,
+    RetryPolicy,
+    call_with_retries,
+)
+from imagegen_server.translation import choose_seed, to_upstream
+from imagegen_server.validation import GenerationMessage, validate
+
+log = logging.getLogger(__name__)
+
+#: Shave this off the caller's deadline so our own DEADLINE_EXCEEDED/RetryInfo
+#: status (with details) reaches the caller before gRPC's bare one.
+DEADLINE_MARGIN = 0.05
+
+
+class Upstream(Protocol):
+    """The Gemini client as the pipeline sees it."""
+
+    async def generate(
+        self,
+        request: UpstreamRequest,
+        *,
+        timeout: float | None = None,
+        on_draft: Callable[[InlineImage], None] | None = None,
+    ) -> UpstreamResult:
+        """One upstream call; raises UpstreamError on failure."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One accepted request as it moves through the pipeline."""
+
+    upstream: UpstreamRequest
+    request_id: str
+    generation_id: str
+    #: ErrorInfo metadata of every status this request may end with.
+    meta: Mapping[str, str]
+    start: float
+    #: Our own deadline (the caller's minus DEADLINE_MARGIN), on the pipeline's clock.
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """Queue sentinel: the upstream task finished (its result is on the task)."""
+
+
+class _Reporter:
+    """The retry loop's observer for one request.
+
+    Turns each step into a stream event on :attr:`queue` for the caller, and
+    reports it to the process-wide lifecycle observer.
+    """
+
+    def __init__(self, model: str, observer: GenerationObserver) -> None:
+        self.queue: asyncio.Queue[Event | _Done] = asyncio.Queue()
+        self._model = model
+        self._observer = observer
+        self._drafts = 0
+
+    def attempt_started(self, attempt: int, max_attempts: int) -> None:
+        """A new attempt: previews count from 1 again."""
+        self._drafts = 0
+        self._observer.attempt_started(self._model, attempt, max_attempts)
+        self.queue.put_nowait(events.attempt_started(attempt, max_attempts))
+
+    def attempt_failed(self, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
+        """Report the failure and, when one follows, the wait before the retry."""
+        self._observer.attempt_failed(self._model, attempt, error, decision)
+        if decision.will_retry:
+            self._observer.retry_waiting(self._model, attempt, decision.delay)
+        self.queue.put_nowait(events.attempt_failed(attempt, error, decision))
+
+    def draft(self, image: InlineImage) -> None:
+        """A thought image from upstream, forwarded as a preview."""
+        self._drafts += 1
+        self.queue.put_nowait(events.preview(image, self._drafts))
+
+
+class Pipeline:
+    """Runs one generation request end to end; shared by all RPCs.
+
+    Holds the process-wide pieces (upstream client, retry budget, concurrency
+    limit, idempotency cache, lifecycle observer); everything per request lives
+    in :meth:`events`.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        upstream: Upstream,
+        *,
+        clock: Clock = MONOTONIC_CLOCK,
+        observer: GenerationObserver | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._upstream = upstream
+        self._clock = clock
+        self._observer = observer or GenerationObserver()
+        #: Draws the seed of requests that bring none.
+        self._rng = rng or random.SystemRandom()
+        self._policy = RetryPolicy(
+            max_attempts=config.max_attempts,
+            initial_backoff=config.initial_backoff,
+            max_backoff=config.max_backoff,
+            max_upstream_delay=config.max_upstream_delay,
+            attempt_timeout=config.attempt_timeout,
+        )
+        self._budget = RetryBudget(config.retry_budget_tokens, config.retry_budget_ratio)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._cache: IdempotencyCache[image_pb2.Generation] = IdempotencyCache(
+            config.idempotency_ttl, config.idempotency_max_entries, clock.now
+        )
+        self.draining = False
+
+    async def events(
+        self,
+        request: GenerationMessage,
+        *,
+        method: str,
+        history: Sequence[image_pb2.Turn] | None,
+        time_remaining: float | None,
+        previews: bool,
+    ) -> AsyncIterator[Event]:
+        """Validate, deduplicate, call upstream with retries; yield progress, then the Generation."""
+        meta: dict[str, str] = {"requestId": request.options.request_id}
+        if self.draining:
+            raise errors.shutting_down(meta)
+        start = self._clock.now()
+        deadline = None if time_remaining is None else start + time_remaining - DEADLINE_MARGIN
+        validated = validate(request, self._config, history=history)
+        generation_id = uuid.uuid4().hex
+        meta["generationId"] = generation_id
+        bind_generation(generation_id)
+        seed = choose_seed(validated.seed, self._rng)
+        call = _Call(
+            upstream=to_upstream(validated, self._config, seed=seed, previews=previews),
+            request_id=validated.request_id,
+            generation_id=generation_id,
+            meta=meta,
+            start=start,
+            deadline=deadline,
+        )
+        if not call.request_id:
+            async for event in self._generate(call):
+                yield event
+            return
+        fingerprint = hashlib.sha256(method.encode() + request.SerializeToString(deterministic=True)).digest()
+        async for event in self._once(call, f"{method}:{call.request_id}", fingerprint):
+            yield event
+
+    async def _once(self, call: _Call, key: str, fingerprint: bytes) -> AsyncIterator[Event]:
+        """Generate for the first request with this key; later duplicates share its result."""
+        try:
+            owner, shared = self._cache.claim(key, fingerprint)
+        except FingerprintMismatch:
+            raise errors.invalid_request(
+                [errors.FieldViolation("options.request_id", "already used for a different request")], call.meta
+            ) from None
+        if not owner:
+            # A duplicate: share the first request's result, no second upstream call.
+            async for event in self._follow(shared, call.start):
+                yield event
+            return
+        try:
+            async for event in self._generate(call):
+                if isinstance(event, image_pb2.Generation):
+                    self._cache.resolve(key, event)
+                yield event
+        except BaseException as exc:
+            self._cache.fail(key, _for_followers(exc, call.meta))
+            raise
+
+    async def _follow(self, shared: asyncio.Future[image_pb2.Generation], start: float) -> AsyncIterator[Event]:
+        """Wait for another request's result, with heartbeats so a stream stays alive."""
+        while True:
+            try:
+                async with asyncio.timeout(self._config.heartbeat_interval):
+                    # Shielded: one duplicate hanging up must not cancel the owner's future.
+                    generation = await asyncio.shield(shared)
+            except TimeoutError:
+                yield events.heartbeat(self._clock.now() - start)
+                continue
+            yield generation
+            return
+
+    async def _generate(self, call: _Call) -> AsyncIterator[Event]:
+        """Hold a concurrency slot while the retry loop runs; forward its events, then the Generation."""
+        await self._acquire_slot(call.deadline, call.meta)
+        try:
+            yield events.accepted(call.generation_id, call.upstream, self._policy.max_attempts)
+            reporter = _Reporter(call.upstream.model, self._observer)
+            task = self._start_retries(call, reporter)
+            try:
+                async for event in self._progress(reporter, call.start):
+                    yield event
+                try:
+                    outcome = task.result()
+                except RetryFailure as failure:
+                    raise self._final_error(call, failure) from None
+            finally:
+                await _settle(task)
+            yield self._finished(call, outcome)
+        finally:
+            self._slots.release()
+
+    def _start_retries(self, call: _Call, reporter: _Reporter) -> asyncio.Task[RetryOutcome[UpstreamResult]]:
+        """Run the retry loop in its own task; its end is queued after its last event."""
+        on_draft = reporter.draft if call.upstream.include_thoughts else None
+
+        async def attempt(timeout: float | None) -> UpstreamResult:
+            return await self._upstream.generate(call.upstream, timeout=timeout, on_draft=on_draft)
+
+        task = asyncio.create_task(
+            call_with_retries(
+                attempt,
+                policy=self._policy,
+                budget=self._budget,
+                deadline=call.deadline,
+                observer=reporter,
+                clock=self._clock,
+            )
+        )
+        task.add_done_callback(lambda _: reporter.queue.put_nowait(_Done()))
+        return task
+
+    async def _progress(self, reporter: _Reporter, start: float) -> AsyncIterator[Event]:
+        """Forward the retry loop's events until it finishes, with heartbeats while quiet."""
+        while True:
+            try:
+                async with asyncio.timeout(self._config.heartbeat_interval):
+                    item = await reporter.queue.get()
+            except TimeoutError:
+                yield events.heartbeat(self._clock.now() - start)
+                continue
+            if isinstance(item, _Done):
+                return
+            yield item
+
+    def _finished(self, call: _Call, outcome: RetryOutcome[UpstreamResult]) -> image_pb2.Generation:
+        """Report the success and build the Generation."""
+        elapsed = self._clock.now() - call.start
+        model = call.upstream.model
+        self._observer.attempt_succeeded(model, outcome.attempts)
+        self._observer.generation_done(model, outcome.attempts, elapsed)
+        log.info("generation %s done: model=%s attempts=%d %.2fs", call.generation_id, model, outcome.attempts, elapsed)
+        return events.generation(
+            call.upstream,
+            outcome.value,
+            generation_id=call.generation_id,
+            request_id=call.request_id,
+            attempts=outcome.attempts,
+            elapsed=elapsed,
+        )
+
+    def _final_error(self, call: _Call, failure: RetryFailure) -> ServiceError:
+        """Report the failure; the status for a request whose retry loop gave up."""
+        now = self._clock.now()
+        self._observer.generation_failed(
+            call.upstream.model, failure.attempts, failure.error, failure.stop_reason, now - call.start
+        )
+        log.info(
+            "generation %s failed after %d attempt(s): %s (%s)",
+            call.generation_id,
+            failure.attempts,
+            failure.error.kind.name,
+            failure.stop_reason,
+        )
+        if (
+            failure.error.kind is ErrorKind.DEADLINE_EXCEEDED
+            and call.deadline is not None
+            and now >= call.deadline - DEADLINE_MARGIN
+        ):
+            # Upstream was still working when the caller's time ran out.
+            return errors.deadline_exceeded({**call.meta, "attempts": str(failure.attempts)})
+        return errors.from_upstream(
+            failure.error, attempts=failure.attempts, retry_delay=failure.retry_delay, metadata=call.meta
+        )
+
+    async def _acquire_slot(self, deadline: float | None, meta: Mapping[str, str]) -> None:
+        # One slot per request, held across its retries and waits: the limit
+        # bounds concurrent requests to upstream, not just concurrent sockets.
+        wait = self._config.queue_timeout
+        if deadline is not None:
+            wait = min(wait, max(deadline - self._clock.now(), 0.0))
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise errors.overloaded(max(self._config.queue_timeout, 1.0), meta) from None
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Leave no retry task behind, whatever ended the request."""
+    if not task.done():
+        # The caller hung up or the deadline hit: abort the upstream HTTP request now.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    elif not task.cancelled():
+        # Finished while the caller was leaving: read its outcome so
+        # asyncio does not log "Task exception was never retrieved".
+        task.exception()
+
+
+def _for_followers(exc: BaseException, meta: Mapping[str, str]) -> BaseException:
+    """What duplicates waiting on a failed owner should see."""
+    if isinstance(exc, ServiceError):
+        return exc
+    # The first caller hung up: its duplicates did nothing wrong, they may retry now.
+    return errors.duplicate_cancelled(meta)
