@@ -124,8 +124,8 @@ async def build_answer(
         if thinks or drafts:
             answer.add([{"text": THOUGHT_TEXT, "thought": True}])
         for n in range(1, drafts + 1):
-            png = await renderer.render(replace(key, draft=n))
-            answer.add([image_part(png, thought=True)])
+            draft = await renderer.render_encoded(replace(key, draft=n))
+            answer.add([image_part(draft, thought=True)])
     thought_tokens = (THOUGHT_TOKENS_BASE if thinks else 0) + THOUGHT_TOKENS_PER_DRAFT * drafts
 
     if step.outcome in {"output_blocked", "no_image", "image_other"}:
@@ -148,14 +148,14 @@ async def build_answer(
         )
         return answer
 
-    png = await renderer.render(key)
+    image = await renderer.render_encoded(key)
     text_tokens = 0
     if "TEXT" in call.modalities:
         text = f"Here is the image you asked for ({width}x{height}, seed {seed})."
         text_tokens = len(text) // 4
         answer.add([text_part(text, signed=thinks)])
     answer.add(
-        [image_part(png, signed=thinks, corruption=step.corruption)],
+        [image_part(image, signed=thinks, corruption=step.corruption)],
         finishReason="STOP",
         usageMetadata=usage(
             call,

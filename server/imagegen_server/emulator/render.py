@@ -19,6 +19,7 @@ loop (which must keep noticing clients that hang up).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .signatures import image_signature
 
 #: Long side of a draft (thought) image: drafts are previews, so keep them cheap.
 DRAFT_LONG_SIDE = 512
@@ -274,19 +277,36 @@ def realistic_png(key: RenderKey, pool: _BandPool) -> bytes:
 # ------------------------------------------------------------------------------------ renderer
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedImage:
+    """A PNG with what its answer part needs, computed once off the event loop."""
+
+    png: bytes
+    #: ``png`` in standard base64, as the ``inlineData.data`` of the answer.
+    base64: str
+    #: The thought signature of a final image carrying ``png``.
+    signature: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes held (PNG and base64 text)."""
+        return len(self.png) + len(self.base64)
+
+
 class Renderer:
     """Renders PNGs off the event loop, with an LRU cache of recent results.
 
-    Retries and the draft-then-final sequence ask for the same image again, so
-    a few entries remove most repeated work. The cache is bounded in bytes
-    because a realistic 4K image is over 20 MB. The realistic profile's band
-    pools live here too, one per renderer (so per emulator), built on first use.
+    Retries, repeated seeds and the draft-then-final sequence ask for the same
+    image again, so a few entries remove most repeated work. The cache is
+    bounded in bytes because a realistic 4K image is over 20 MB (50 MB with its
+    base64). The realistic profile's band pools live here too, one per renderer
+    (so per emulator), built on first use.
     """
 
-    def __init__(self, profile: str | None = None, *, cache_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, profile: str | None = None, *, cache_bytes: int = 128 * 1024 * 1024) -> None:
         #: ``realistic`` or ``small`` (see :func:`resolve_image_profile`).
         self.profile: ImageProfile = resolve_image_profile(profile)
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cache: OrderedDict[bytes, RenderedImage] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
         self._pools: dict[tuple[int, str], _BandPool] = {}
@@ -309,18 +329,26 @@ class Renderer:
         tier = key.image_size if key.image_size in _RESIDUAL_SPREAD and not key.draft else "1K"
         return realistic_png(key, self._pool(width, tier))
 
-    async def render(self, key: RenderKey) -> bytes:
-        """The PNG bytes for ``key``."""
+    def _encoded(self, key: RenderKey) -> RenderedImage:
+        png = self.render_sync(key)
+        return RenderedImage(png, base64.b64encode(png).decode("ascii"), image_signature(png))
+
+    async def render_encoded(self, key: RenderKey) -> RenderedImage:
+        """The PNG for ``key`` with its base64 text and signature."""
         cache_key = key.digest()
         cached = self._cache.get(cache_key)
         if cached is not None:
             self._cache.move_to_end(cache_key)
             return cached
-        png = await asyncio.to_thread(self.render_sync, key)
-        if cache_key not in self._cache and len(png) <= self._cache_bytes:
-            self._cache[cache_key] = png
-            self._cached_bytes += len(png)
+        image = await asyncio.to_thread(self._encoded, key)
+        if cache_key not in self._cache and image.size <= self._cache_bytes:
+            self._cache[cache_key] = image
+            self._cached_bytes += image.size
             while self._cached_bytes > self._cache_bytes:
                 _, evicted = self._cache.popitem(last=False)
-                self._cached_bytes -= len(evicted)
-        return png
+                self._cached_bytes -= evicted.size
+        return image
+
+    async def render(self, key: RenderKey) -> bytes:
+        """The PNG bytes for ``key``."""
+        return (await self.render_encoded(key)).png
