@@ -74,7 +74,11 @@ def _from_server(error: ImagegenError) -> bool:
 def describe_error(error: ImagegenError, target: str) -> str:
     """One line for a failed call to ``target``, with a hint when the server was never reached."""
     if isinstance(error, UnavailableError) and not _from_server(error):
-        return f"cannot reach an imagegen server at {target} ({_connection_detail(error.message)}); " + (
+        detail = _connection_detail(error.message)
+        if detail == _UNRESOLVED:
+            return f"cannot resolve the host of {target}; check --target or IMAGEGEN_TARGET"
+        return (
+            f"cannot reach an imagegen server at {target} ({detail}); "
             "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
         )
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and not _from_server(error):
@@ -95,13 +99,16 @@ def describe_error(error: ImagegenError, target: str) -> str:
     return text
 
 
+_UNRESOLVED = "cannot resolve the host name"
+
+
 def _connection_detail(message: str) -> str:
     """A few words from gRPC's connection error text (which is long and meant for gRPC developers)."""
     lowered = message.lower()
     if "connection refused" in lowered:
         return "connection refused"
     if "resolv" in lowered or "lookup" in lowered or "domain name" in lowered:
-        return "cannot resolve the host name"
+        return _UNRESOLVED
     if "timed out" in lowered or "timeout" in lowered:
         return "connection timed out"
     if "connection reset" in lowered or "socket closed" in lowered:

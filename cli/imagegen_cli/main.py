@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -41,7 +42,7 @@ examples:
   imagegen health --target 10.0.0.5:50051         or set {TARGET_ENV}=10.0.0.5:50051
   imagegen demo                                   server + emulator + SDK in one go, writes PNGs
 
-sizes: {SIZE_ROUNDING}
+{textwrap.fill("sizes: " + SIZE_ROUNDING, width=100, subsequent_indent="  ")}
 """
 
 

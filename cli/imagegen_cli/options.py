@@ -38,8 +38,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     """The flags of ``generate`` and ``refine``."""
     parser.add_argument("-o", "--output", help="where to write the image (default: named after the prompt)")
     parser.add_argument("--model", help="model id (default: the server's; see imagegen models)")
-    parser.add_argument("--width", type=int, help="desired width in pixels (rounded, see above)")
-    parser.add_argument("--height", type=int, help="desired height in pixels (rounded, see above)")
+    parser.add_argument("--width", type=int, help="desired width in pixels (rounded, see below)")
+    parser.add_argument("--height", type=int, help="desired height in pixels (rounded, see below)")
     parser.add_argument("--aspect-ratio", help="explicit aspect ratio, e.g. 16:9 (overrides --width/--height)")
     parser.add_argument("--image-size", help="explicit size tier: 512, 1K, 2K or 4K (overrides --width/--height)")
     parser.add_argument("--seed", type=int, help="seed (default: the server picks one and reports it)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from imagegen_server.models import DEFAULT_MODEL, MODELS
 
@@ -89,13 +89,21 @@ class ServerConfig:
             if f.name == "api_key":
                 continue
             flag_value = getattr(args, f.name, None)
-            env_value = env.get(f"IMAGEGEN_{f.name.upper()}")
+            env_value = env.get(env_name(f.name))
             if flag_value is not None:
                 values[f.name] = flag_value
             elif env_value is not None:
-                values[f.name] = _coerce(f.name, env_value)
+                try:
+                    values[f.name] = _coerce(f.name, env_value)
+                except ValueError:
+                    parser.error(f"{env_name(f.name)}={env_value!r} is not a valid {f.type}")
         values["api_key"] = env.get("GEMINI_API_KEY") or env.get("GOOGLE_API_KEY") or None
         return cls(**values)  # type: ignore[arg-type]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: ``max_attempts`` -> ``IMAGEGEN_MAX_ATTEMPTS``."""
+    return f"IMAGEGEN_{name.upper()}"
 
 
 def _coerce(name: str, raw: str) -> object:
@@ -113,18 +121,70 @@ def _coerce(name: str, raw: str) -> object:
     return raw
 
 
+#: The default of every setting (all have plain defaults, no factories).
+_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(ServerConfig) if f.default is not MISSING}
+
+#: How help shows a default that is not a plain value.
+_DEFAULT_TEXT = {
+    "upstream_url": f"{GOOGLE_BASE_URL}, or the embedded emulator when there is no key",
+    "metrics_port": "off",
+    "emulator_image_profile": "realistic",
+}
+
+
+def default_text(name: str) -> str:
+    """A setting's default as ``imagegen serve --help`` shows it."""
+    if name in _DEFAULT_TEXT:
+        return _DEFAULT_TEXT[name]
+    value = _DEFAULTS[name]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ", ".join(str(x) for x in value)
+    if isinstance(value, int) and name.endswith("_bytes") and value % 2**20 == 0:
+        return f"{value} ({value >> 20} MiB)"
+    return str(value)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Ends every setting's help with its default and its ``IMAGEGEN_*`` variable."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.dest in _DEFAULTS:
+            # argparse %-formats help strings.
+            text += f" (default: {default_text(action.dest)}; env {env_name(action.dest)})".replace("%", "%%")
+        return text
+
+
+def _epilog(flagged: set[str]) -> str:
+    env_only = [name for name in _DEFAULTS if name not in flagged and name != "api_key"]
+    lines = [
+        "Every flag also reads IMAGEGEN_<NAME> from the environment (the flag wins). The Gemini API key is read",
+        "only from GEMINI_API_KEY (or GOOGLE_API_KEY), so it never shows in ps.",
+        "",
+        "settings with no flag (environment only):",
+        *(f"  {env_name(name):<40} default {default_text(name)}" for name in env_only),
+        "",
+        "exit codes: 0 stopped by SIGTERM, 130 stopped by Ctrl-C (both after draining in-flight calls),",
+        "  2 a bad flag or IMAGEGEN_* value, 7 the port is already in use or the address cannot be bound.",
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``imagegen serve`` argument parser (every flag also reads IMAGEGEN_<NAME>)."""
     p = argparse.ArgumentParser(
         prog="imagegen serve",
-        description="Run the imagegen gRPC server. With no GEMINI_API_KEY and no --upstream-url "
-        "it starts an embedded Gemini emulator on loopback.",
+        description="Run the imagegen gRPC server. With no GEMINI_API_KEY and no --upstream-url\n"
+        "it starts an embedded Gemini emulator on loopback (fake images, no network).",
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind, 0 for a free one (default 50051)")
-    p.add_argument("--upstream-url", dest="upstream_url", help=f"Gemini base URL (default {GOOGLE_BASE_URL})")
+    p.add_argument("--host", help="interface to bind")
+    p.add_argument("--port", type=int, help="port to bind, 0 for a free one")
+    p.add_argument("--upstream-url", dest="upstream_url", help="Gemini base URL")
     p.add_argument("--api-version", dest="api_version", choices=["v1", "v1beta"], help="Gemini API version")
-    p.add_argument("--model", dest="default_model", help=f"default model (default {DEFAULT_MODEL})")
+    p.add_argument("--model", dest="default_model", help="default model")
     p.add_argument(
         "--allowed-models",
         dest="allowed_models",
@@ -136,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="strict_constraints",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="send the STRICT RULES system instruction (default on)",
+        help="send the STRICT RULES system instruction",
     )
     p.add_argument("--max-attempts", dest="max_attempts", type=int, help="upstream attempts per request")
     p.add_argument("--initial-backoff", dest="initial_backoff", type=float, help="first backoff, seconds")
@@ -156,14 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-bytes",
         dest="max_message_bytes",
         type=int,
-        help="gRPC message size limit, both directions (default 64 MiB)",
+        help="gRPC message size limit, both directions",
     )
     p.add_argument(
         "--emulator-image-profile",
         dest="emulator_image_profile",
         choices=["realistic", "small"],
-        help="embedded emulator's images: realistic (Gemini-sized, default) or small",
+        help="embedded emulator's images: realistic (Gemini-sized) or small",
     )
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
+    p.epilog = _epilog(set(vars(p.parse_args([]))))
     return p

@@ -15,7 +15,7 @@ from imagegen._convert import event_from_response
 from imagegen.testing import FakeError, FakeServer, FakeStream, make_generation, make_png, stream_events
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen_cli import files, main
-from imagegen_cli.exit_codes import exit_code_for
+from imagegen_cli.exit_codes import EXIT_CODES, describe_error, exit_code_for
 from imagegen_cli.progress import LiveReporter, make_reporter
 
 S = grpc.StatusCode
@@ -45,6 +45,10 @@ def test_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("generate", "refine", "health", "models", "demo", "serve", "emulator"):
         assert command in out
+    assert "examples:" in out and 'imagegen generate "a red fox"' in out
+    assert "1920x1080 gives 16:9 at 2K, 2752x1536" in " ".join(out.split())
+    for code, meaning in EXIT_CODES:
+        assert f"  {code:<4} {meaning}" in out
     assert run() == 2
     assert run("generate") == 2
     assert run("bogus") == 2
@@ -234,6 +238,69 @@ def test_unreachable_server_one_line_with_hint(capsys: pytest.CaptureFixture[str
         "imagegen: error: cannot reach an imagegen server at 127.0.0.1:1 (connection refused); "
         "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
     ]
+
+
+@pytest.mark.parametrize("command", ["health", "models", "demo", "generate", "refine"])
+def test_every_command_has_a_description(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(command, "--help") == 0
+    usage, description = capsys.readouterr().out.split("\n\n")[:2]
+    assert usage.startswith(f"usage: imagegen {command}")
+    assert len(description.split()) >= 8, description
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("http://127.0.0.1:50051", "is a URL"),
+        ("localhost", "has no port"),
+        ("", "has no port"),
+        ("127.0.0.1:abc", "the port must be a number"),
+        ("127.0.0.1:99999", "the port must be a number"),
+        ("not a host:50051", "is not a host name"),
+        ("[::1:50051", "is not a host name"),
+    ],
+)
+def test_malformed_target_exits_2(target: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("models", "--target", target) == 2
+    assert why in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1:50051", "localhost:1", "[::1]:50051", "dns:///example.com:443", "unix:/tmp/s"]
+)
+def test_wellformed_targets_parse(target: str) -> None:
+    assert main.build_parser().parse_args(["models", "--target", target]).target == target
+
+
+def test_malformed_target_from_the_environment_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_TARGET", "http://example:1")
+    assert run("health") == 2
+    assert "is a URL" in capsys.readouterr().err
+
+
+def test_connection_errors_name_the_target() -> None:
+    unresolved = imagegen.UnavailableError("DNS resolution failed for nosuch.invalid:1: Domain name not found")
+    assert describe_error(unresolved, "nosuch.invalid:1") == (
+        "cannot resolve the host of nosuch.invalid:1; check --target or IMAGEGEN_TARGET"
+    )
+    closed = imagegen.UnavailableError("Socket closed")
+    assert describe_error(closed, "h:1").startswith("cannot reach an imagegen server at h:1 (the connection was closed")
+    late = imagegen.DeadlineExceededError("Deadline Exceeded", code=S.DEADLINE_EXCEEDED)
+    assert describe_error(late, "h:1").startswith("deadline exceeded: no answer from h:1 in time")
+    # An error the server sent (it carries a reason) is reported as such, not as a connection problem.
+    shutting = imagegen.UnavailableError("draining", code=S.UNAVAILABLE, reason="SHUTTING_DOWN")
+    assert describe_error(shutting, "h:1").startswith("unavailable: ")
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main.images, "generate", interrupted)
+    assert run("generate", "x") == 130
+    assert capsys.readouterr().err == "imagegen: interrupted\n"
 
 
 def test_client_retries_flag(server: FakeServer) -> None:
