@@ -543,3 +543,47 @@ def test_service_config_retries_only_unavailable_and_throttles(
                 assert policy["maxAttempts"] == 2, name
     assert service_config["retryThrottling"]["maxTokens"] > 0
     assert 0 < service_config["retryThrottling"]["tokenRatio"] <= 1
+
+
+class Throttle:
+    """gRFC A6 retry throttling, per channel: a failure takes a token, a success gives back
+    ``tokenRatio``; retries are allowed while more than half the tokens are left."""
+
+    def __init__(self, max_tokens: float, ratio: float) -> None:
+        self.max_tokens, self.ratio, self.tokens = max_tokens, ratio, max_tokens
+
+    def failed(self) -> bool:
+        """Record a failed attempt; whether a retry may follow."""
+        self.tokens = max(0.0, self.tokens - 1)
+        return self.tokens > self.max_tokens / 2
+
+    def succeeded(self) -> None:
+        self.tokens = min(self.max_tokens, self.tokens + self.ratio)
+
+
+def test_throttling_stops_retries_in_an_outage_but_not_for_one_bad_replica_and_recovers_quickly(
+    service_config: dict[str, Any],
+) -> None:
+    settings = service_config["retryThrottling"]
+    # A total outage (Gemini down: every replica answers UNAVAILABLE): retries stop after a handful.
+    outage = Throttle(settings["maxTokens"], settings["tokenRatio"])
+    retries = 0
+    while outage.failed():
+        retries += 1
+    assert retries <= settings["maxTokens"] / 2
+    # A low-traffic caller gets retries back after a dozen good calls, not the ~50 of tokenRatio 0.1.
+    successes = 0
+    while outage.tokens <= outage.max_tokens / 2:
+        outage.succeeded()
+        successes += 1
+    assert successes <= 12
+    # One replica of three refusing everything (stuck draining, crashed app): round robin sends it
+    # every third attempt; its refusals are retried on the others and retries never switch off.
+    bad_replica = Throttle(settings["maxTokens"], settings["tokenRatio"])
+    pick = 0
+    for _ in range(300):
+        while pick % 3 == 0:  # this attempt lands on the bad replica
+            pick += 1
+            assert bad_replica.failed(), "throttling switched retries off for one bad replica"
+        pick += 1
+        bad_replica.succeeded()
