@@ -150,16 +150,31 @@ async def streamed_generate(stub: pb_grpc.ImageGenerationServiceStub, i: int) ->
     return events
 
 
-def refusals(replica: RunningServer) -> int:
-    """RPCs the replica answered UNAVAILABLE, read from its own Prometheus counter."""
+def answered(replica: RunningServer, code: str) -> int:
+    """RPCs the replica finished with ``code``, read from its own Prometheus counter."""
     return int(
         sum(
             sample.value
             for metric in replica.metrics.registry.collect()
             for sample in metric.samples
-            if sample.name == "imagegen_rpcs_total" and "UNAVAILABLE" in sample.labels.values()
+            if sample.name == "imagegen_rpcs_total" and code in sample.labels.values()
         )
     )
+
+
+def refusals(replica: RunningServer) -> int:
+    return answered(replica, "UNAVAILABLE")
+
+
+async def connect_both(stub: pb_grpc.ImageGenerationServiceStub, *replicas: RunningServer) -> None:
+    """Until both replicas have answered, round_robin may know only one of them, and a retry would
+    land on the same replica again. ListModels is served even while draining."""
+    before = [answered(r, "OK") for r in replicas]
+    for _ in range(50):
+        await stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        if all(answered(r, "OK") > b for r, b in zip(replicas, before, strict=True)):
+            return
+    raise AssertionError("round_robin never used both replicas")
 
 
 @pytest.mark.parametrize("call", [unary_generate, streamed_generate], ids=["Generate", "GenerateStream"])
@@ -184,6 +199,7 @@ async def test_a_draining_replica_is_retried_for_generation(make_server: ServerF
 
         async with channel(target, shipped_config()) as ch:
             stub = pb_grpc.ImageGenerationServiceStub(ch)
+            await connect_both(stub, draining, healthy)
             for i in range(20):
                 await call(stub, 100 + i)  # none fails: each refused attempt was retried on the healthy replica
                 if refusals(draining) >= failed_without_retries + 2:
