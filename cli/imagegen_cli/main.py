@@ -12,6 +12,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import TextIO
 
@@ -30,8 +31,6 @@ from imagegen_cli.options import SIZE_ROUNDING, TARGET_ENV, add_client_args, add
 from imagegen_cli.progress import error_to_dict
 
 __all__ = ["build_parser", "main"]
-
-VERSION = "0.1.0"
 
 _EXAMPLES = f"""\
 examples:
@@ -54,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES + "\n" + exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the epilog's layout
     )
-    parser.add_argument("--version", action="version", version=f"imagegen {VERSION}")
+    parser.add_argument("--version", action="version", version=f"imagegen {version('imagegen')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,6 +240,23 @@ def test_unreachable_server_one_line_with_hint(capsys: pytest.CaptureFixture[str
         "imagegen: error: cannot reach an imagegen server at 127.0.0.1:1 (connection refused); "
         "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
     ]
+
+
+def test_help_examples_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--help") == 0
+    help_text = capsys.readouterr().out
+    examples = help_text.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(examples) >= 5
+    for line in examples:
+        argv = shlex.split(line.split("   ")[0])  # the command, without its explanation
+        assert argv[0] == "imagegen"
+        if argv[1] != "serve":
+            main.build_parser().parse_args(argv[1:])
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--version") == 0
+    assert capsys.readouterr().out.strip() == f"imagegen {importlib.metadata.version('imagegen')}"
 
 
 @pytest.mark.parametrize("command", ["health", "models", "demo", "generate", "refine"])
