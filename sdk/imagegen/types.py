@@ -15,6 +15,7 @@ from typing import Literal, TypeAlias
 
 import grpc
 
+from imagegen._mime import sniff_mime_type
 from imagegen.v1 import image_generation_service_pb2 as service_pb2
 from imagegen.v1 import image_pb2
 
@@ -34,6 +35,7 @@ __all__ = [
     "StreamEvent",
     "Turn",
     "Usage",
+    "sniff_mime_type",
 ]
 
 #: Who authored a conversation turn.
@@ -45,32 +47,14 @@ _ROLE_TO_PROTO: dict[str, image_pb2.Role.ValueType] = {
 }
 _ROLE_FROM_PROTO: dict[int, Role] = {image_pb2.ROLE_USER: "user", image_pb2.ROLE_MODEL: "model"}
 
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"WEBP", 8, "image/webp"),
-)
-
 _EXTENSIONS: dict[str, str] = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
     "image/webp": ".webp",
     "image/heic": ".heic",
     "image/heif": ".heif",
+    "image/gif": ".gif",
 }
-
-
-def sniff_mime_type(data: bytes) -> str:
-    """Return the media type of PNG, JPEG or WebP bytes, or ``""`` when unsure.
-
-    An empty type is valid on input: the server detects it from the bytes.
-    """
-    for magic, offset, mime in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            if mime == "image/webp" and not data.startswith(b"RIFF"):
-                continue
-            return mime
-    return ""
 
 
 @dataclass(frozen=True, slots=True)

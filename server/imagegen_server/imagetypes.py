@@ -1,6 +1,6 @@
 """Image-format knowledge: recognise formats from their leading bytes and read their pixel size.
 
-:func:`sniff_mime_type` names the format from its magic number;
+:func:`sniff_mime_type` (the SDK's, :mod:`imagegen.types`) names the format from its magic number;
 :func:`probe_image` checks bytes against a stated media type and reads the
 width and height from the header (PNG, JPEG, WebP, GIF parsed here, other
 ``image/*`` types through Pillow).
@@ -11,30 +11,12 @@ from __future__ import annotations
 import struct
 import zlib
 
+from imagegen.types import sniff_mime_type
+
+__all__ = ["SUPPORTED_INPUT_TYPES", "probe_image", "same_type", "sniff_mime_type"]
+
 #: Media types Gemini accepts as input images.
 SUPPORTED_INPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
-
-_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
-_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"heif"})
-
-
-def sniff_mime_type(data: bytes) -> str | None:
-    """The media type the bytes really are, or None when unrecognised."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if len(data) >= 12 and data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in _HEIC_BRANDS:
-            return "image/heic"
-        if brand in _HEIF_BRANDS:
-            return "image/heif"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    return None
 
 
 def same_type(declared: str, detected: str) -> bool:
@@ -174,7 +156,7 @@ def probe_image(data: bytes, mime_type: str) -> tuple[str, int, int]:
     the bytes are not an image of the stated type.
     """
     stated = mime_type.split(";", 1)[0].strip().lower()
-    sniffed = sniff_mime_type(data) or ""
+    sniffed = sniff_mime_type(data)
     if not stated:
         if not sniffed:
             raise ValueError("no mimeType and the bytes are not a known image format")

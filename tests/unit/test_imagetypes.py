@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import imagegen.types
+from imagegen_server import imagetypes
 from imagegen_server.imagetypes import probe_image
 from tests.unit.gemini_samples import (
     BMP,
@@ -15,6 +17,20 @@ from tests.unit.gemini_samples import (
     WEBP_LOSSLESS,
     WEBP_LOSSY,
 )
+
+
+def test_server_sniffs_with_the_sdk_function() -> None:
+    # One sniffer: the server's validation, prober and emulator use the SDK's.
+    assert imagetypes.sniff_mime_type is imagegen.types.sniff_mime_type
+
+
+@pytest.mark.parametrize(
+    ("data", "sniffed"),
+    [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP_LOSSY, "image/webp"), (GIF, "image/gif"), (BMP, "")],
+    ids=["png", "jpeg", "webp", "gif", "bmp-unknown"],
+)
+def test_sniff_sample_images(data: bytes, sniffed: str) -> None:
+    assert imagetypes.sniff_mime_type(data) == sniffed
 
 
 def test_probe_image_rejects_non_images() -> None:

@@ -21,12 +21,34 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
 WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 "
 
 
-def test_sniff_mime_type() -> None:
-    assert sniff_mime_type(PNG) == "image/png"
-    assert sniff_mime_type(JPEG) == "image/jpeg"
-    assert sniff_mime_type(WEBP) == "image/webp"
-    assert sniff_mime_type(b"WEBPWEBPWEBP") == ""
-    assert sniff_mime_type(b"GIF89a") == ""
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (PNG, "image/png"),
+        (JPEG, "image/jpeg"),
+        (WEBP, "image/webp"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "image/heic"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00", "image/heif"),
+        (b"GIF89a\x01\x00\x01\x00", "image/gif"),
+        (b"GIF87a", "image/gif"),
+        # Unknown or truncated: "" (the server then detects, and rejects, the bytes itself).
+        (b"WEBPWEBPWEBP", ""),
+        (b"RIFF\x00\x00\x00\x00WAVE", ""),
+        (b"\x00\x00\x00\x18ftypisom", ""),
+        (b"\x89PNG", ""),
+        (b"BM\x00\x00", ""),
+        (b"", ""),
+    ],
+)
+def test_sniff_mime_type(data: bytes, mime: str) -> None:
+    assert sniff_mime_type(data) == mime
+
+
+def test_sniffed_type_is_sent_with_bytes_input() -> None:
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00"
+    assert to_image_proto(heic).mime_type == "image/heic"
+    assert to_image_proto(b"not an image").mime_type == ""
+    assert imagegen.Image.from_bytes(b"GIF89a").extension == ".gif"
 
 
 def test_image_from_path_and_save(tmp_path: Path) -> None:
