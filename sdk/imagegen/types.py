@@ -216,7 +216,10 @@ def image_turn(turn: Turn, image: Image) -> Turn:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token accounting reported by the upstream model."""
+    """Token accounting reported by the upstream model: the SDK's view of ``imagegen.v1.Usage``.
+
+    The server copies Gemini's ``usageMetadata`` into that message field for field.
+    """
 
     #: Tokens in the prompt, images included.
     prompt_tokens: int = 0

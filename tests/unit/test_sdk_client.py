@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,18 +14,6 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 
 S = grpc.StatusCode
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: FakeServer) -> Iterator[imagegen.Client]:
-    with imagegen.Client(server.target, timeout=10) as c:
-        yield c
 
 
 def test_generate_sends_every_option(server: FakeServer, client: imagegen.Client, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -14,18 +13,6 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_pb2
 
 SIGS = [b"\x00sig-one\xff", b"\x01sig-two\xfe", b"\x02sig-three\xfd"]
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: FakeServer) -> Iterator[imagegen.Client]:
-    with imagegen.Client(server.target, timeout=10) as c:
-        yield c
 
 
 def _push_generations(server: FakeServer, model: str = "gemini-3.1-flash-image") -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -13,18 +11,6 @@ from imagegen.errors import from_grpc_error
 from imagegen.testing import FakeError, FakeServer
 
 S = grpc.StatusCode
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: FakeServer) -> Iterator[imagegen.Client]:
-    with imagegen.Client(server.target, timeout=10) as c:
-        yield c
 
 
 # (error the server sends, class the SDK must raise, exit code the CLI maps it to)

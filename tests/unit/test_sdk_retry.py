@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -13,12 +12,6 @@ from imagegen.testing import FakeError, FakeServer, FakeStream, stream_events
 
 S = grpc.StatusCode
 FAST = imagegen.ClientRetry(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as running:
-        yield running
 
 
 def _calls(server: FakeServer) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -237,3 +238,14 @@ def test_public_names_are_exported() -> None:
             assert obj.__doc__, name
     assert imagegen.GenerationError is imagegen.ImagegenError
     assert imagegen.ContentBlockedError is imagegen.ContentPolicyError
+
+
+def test_usage_has_the_same_fields_in_every_layer() -> None:
+    # Gemini's usageMetadata (server) -> imagegen.v1.Usage (wire) -> imagegen.Usage (SDK), field for field.
+    from imagegen_server.gemini.types import Usage as UpstreamUsage
+
+    wire = [f.name for f in image_pb2.Usage.DESCRIPTOR.fields]
+    assert [f.name for f in dataclasses.fields(imagegen.Usage)] == wire
+    assert [f.name for f in dataclasses.fields(UpstreamUsage)] == wire
+    message = image_pb2.Usage(prompt_tokens=1, output_tokens=2, thoughts_tokens=3, total_tokens=6)
+    assert imagegen.Usage.from_proto(message) == imagegen.Usage(1, 2, 3, 6)

@@ -62,11 +62,20 @@ class UpstreamRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token accounting from ``usageMetadata``."""
+    """Token accounting from Gemini's ``usageMetadata``.
 
+    The upstream layer's own value, free of protobuf: the service copies it field
+    for field into ``imagegen.v1.Usage``, which the SDK reads as ``imagegen.Usage``
+    (a test keeps the three field lists equal).
+    """
+
+    #: ``promptTokenCount``.
     prompt_tokens: int = 0
+    #: ``candidatesTokenCount``.
     output_tokens: int = 0
+    #: ``thoughtsTokenCount``.
     thoughts_tokens: int = 0
+    #: ``totalTokenCount``.
     total_tokens: int = 0
 
 
