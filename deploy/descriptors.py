@@ -8,9 +8,11 @@ needed. The set holds the ``imagegen.v1`` files with every import
 well-known types) plus ``google/rpc/status.proto`` and
 ``google/rpc/error_details.proto``, whose types Envoy needs to turn the
 ``grpc-status-details-bin`` trailer into a JSON ``google.rpc.Status``
-(``convert_grpc_status``). ``google/api`` and ``google/rpc`` come from
-googleapis-common-protos (a dependency of grpcio-status), unless ``protos/``
-carries its own copy, which then wins.
+(``convert_grpc_status``). ``google/api`` and ``google/rpc`` come from the
+copies vendored in ``protos/google``; googleapis-common-protos (a dependency of
+grpcio-status) is on the include path after them as a fallback. ``buf build``
+on the repository builds an equivalent set (it includes every file of the
+module).
 
 The Dockerfile runs this in its build stage and copies the result into the
 Envoy image; ``tests/unit/test_deploy_manifests.py`` runs it too and checks

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,8 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, json_format, message_factory
 
+from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen_server.config import ServerConfig, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,13 +63,18 @@ def effective_config(args: Sequence[str], env: Mapping[str, str], where: str) ->
     return ServerConfig.from_args(list(args), env=dict(env))
 
 
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion (bounded), output captured; the caller checks the return code."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+
 def console_script_help(*argv: str) -> str:
     """``imagegen ARGV --help`` through the installed console script (wherever the CLI lives)."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "imagegen" in scripts, "pyproject.toml has no imagegen console script"
     exe = Path(sys.executable).with_name("imagegen")
     assert exe.exists(), f"{exe} missing: pip install -e '.[dev]'"
-    done = subprocess.run([str(exe), *argv, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    done = run(str(exe), *argv, "--help")
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -206,11 +214,7 @@ def test_the_envoy_stage_ships_the_descriptor_set_and_config_envoy_yaml_points_a
 
 
 def test_every_file_the_dockerfile_copies_exists_and_is_not_docker_ignored(stages: dict[str, Stage]) -> None:
-    ignored = [
-        ln.strip()
-        for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-        if ln.strip() and not ln.startswith("#")
-    ]
+    ignored = dockerignored()
     for stage in stages.values():
         for src_stage, sources, _ in copies(stage):
             if src_stage is not None:
@@ -218,6 +222,57 @@ def test_every_file_the_dockerfile_copies_exists_and_is_not_docker_ignored(stage
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such path"
                 assert source.rstrip("/") not in ignored, f"COPY {source} is excluded by the .dockerignore"
+
+
+def dockerignored() -> list[str]:
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def test_the_build_stage_copies_what_pyproject_needs(stages: dict[str, Stage]) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", project["project"]["readme"], *project["project"].get("license-files", [])}
+    needed |= set(project["tool"]["setuptools"]["packages"]["find"]["where"])
+    copied = {
+        source.rstrip("/")
+        for src_stage, sources, _ in copies(stages["build"])
+        if src_stage is None
+        for source in sources
+    }
+    assert needed <= copied, f"deploy/Dockerfile's build stage does not COPY {sorted(needed - copied)}"
+
+
+def test_the_build_stage_context_builds_the_wheel_and_the_descriptor_set(
+    stages: dict[str, Stage], tmp_path: Path
+) -> None:
+    """Lay out /src as the build stage's COPY lines do, then run its two builds there (offline)."""
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns(*(Path(p).name for p in dockerignored()))
+    for src_stage, sources, dest in copies(stages["build"]):
+        assert src_stage is None
+        for source in sources:
+            target = src / dest / Path(source).name if dest.endswith("/") else src / dest
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=skip)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, target)
+    wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    done = run(*pip_wheel, "-w", str(wheels), str(src))
+    assert done.returncode == 0, done.stderr
+    [wheel] = wheels.glob("imagegen-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packages = {name.split("/")[0] for name in archive.namelist()}
+    expected = {p.parent.name for where in ("sdk", "server", "cli") for p in (ROOT / where).glob("*/__init__.py")}
+    assert expected <= packages
+    out = tmp_path / "imagegen.pb"
+    done = run(sys.executable, str(src / "deploy" / "descriptors.py"), str(out))
+    assert done.returncode == 0, done.stderr
+    assert any(
+        f.name == "imagegen/v1/image_generation_service.proto"
+        for f in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    )
 
 
 # ---------------------------------------------------------------- compose
@@ -330,13 +385,7 @@ def transcoder_config() -> dict[str, Any]:
 def descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> descriptor_pb2.FileDescriptorSet:
     """The descriptor set deploy/descriptors.py builds (as the Dockerfile does), from protos/ now."""
     out = tmp_path_factory.mktemp("descriptors") / "imagegen.pb"
-    done = subprocess.run(
-        [sys.executable, str(DEPLOY / "descriptors.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run(sys.executable, str(DEPLOY / "descriptors.py"), str(out))
     assert done.returncode == 0, done.stderr
     return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
@@ -359,6 +408,43 @@ def test_the_transcoder_serves_services_that_are_in_the_descriptor_set(
     # Bodies carry base64 images: at least the gateway's message limit.
     limit = ServerConfig().max_message_bytes
     assert config["max_request_body_size"] >= limit and config["max_response_body_size"] >= limit
+
+
+def http_rules(descriptors: descriptor_pb2.FileDescriptorSet, service: str) -> dict[str, tuple[str, str]]:
+    """RPC name -> (HTTP verb, path) from its ``google.api.http`` option."""
+    from google.api import annotations_pb2
+
+    rules = {}
+    for method in services_in(descriptors)[service].method:
+        # Re-read the options with the google.api extensions known (the set was parsed without them).
+        options = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+        rule = options.Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if verb is not None:
+            rules[method.name] = (verb.upper(), getattr(rule, verb))
+    return rules
+
+
+def test_every_transcoded_rpc_has_a_rest_route_and_the_docs_curl_only_those(
+    descriptor_set: descriptor_pb2.FileDescriptorSet,
+) -> None:
+    rules = http_rules(descriptor_set, IMAGE_SERVICE)
+    assert set(rules) == {m.name for m in services_in(descriptor_set)[IMAGE_SERVICE].method}
+    routes = set(rules.values())
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), flags=re.DOTALL)
+    commands = [line.strip() for block in blocks for line in re.sub(r"\\\n", " ", block).splitlines()]
+    curls = [c for c in commands if c.startswith("curl ") and "localhost:8080" in c]
+    assert curls, "docs/deploy.md shows curl examples through Envoy"
+    for curl in curls:
+        path = re.search(r"localhost:8080(/[^\s'\"]+)", curl)
+        assert path, curl
+        verb = "POST" if re.search(r"\s-d\s", curl) else "GET"
+        assert (verb, path.group(1)) in routes, f"docs/deploy.md: {verb} {path.group(1)} is no google.api.http route"
+        body = re.search(r"\s-d\s+'([^']*)'", curl)
+        if body:  # body "*": the JSON is the whole request message, in protobuf's JSON mapping
+            method = next(name for name, route in rules.items() if route == (verb, path.group(1)))
+            descriptor = pb.DESCRIPTOR.services_by_name["ImageGenerationService"].methods_by_name[method].input_type
+            json_format.Parse(body.group(1), message_factory.GetMessageClass(descriptor)())
 
 
 def test_the_descriptor_set_holds_every_import_envoy_needs(descriptor_set: descriptor_pb2.FileDescriptorSet) -> None:
