@@ -7,7 +7,8 @@ import os
 
 import grpc
 
-from imagegen import DEFAULT_TARGET, DEFAULT_TIMEOUT, Client, ClientRetry
+from imagegen import DEFAULT_TARGET, DEFAULT_TIMEOUT, Client, ClientRetry, tls_credentials
+from imagegen_cli.exit_codes import UsageError
 from imagegen_cli.targets import parse_target
 
 TARGET_ENV = "IMAGEGEN_TARGET"
@@ -21,7 +22,7 @@ SIZE_ROUNDING = (
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:
-    """``--target``, ``--timeout`` and ``--tls``."""
+    """``--target``, ``--timeout``, ``--tls`` and the certificate flags."""
     parser.add_argument(
         "--target",
         type=parse_target,
@@ -32,6 +33,13 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline in seconds (default: %(default)s)"
     )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    parser.add_argument(
+        "--ca-cert", metavar="PEM", help="use TLS, trusting this CA for the server's certificate (implies --tls)"
+    )
+    parser.add_argument(
+        "--client-cert", metavar="PEM", help="client certificate for servers that require one (mutual TLS)"
+    )
+    parser.add_argument("--client-key", metavar="PEM", help="private key of --client-cert")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +59,21 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     add_client_args(parser)
 
 
+def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from ``--tls``/``--ca-cert``/``--client-cert``/``--client-key``, or None for plaintext."""
+    if (args.client_cert is None) != (args.client_key is None):
+        raise UsageError("--client-cert and --client-key go together: give both or neither")
+    if not (args.tls or args.ca_cert or args.client_cert):
+        return None
+    try:
+        return tls_credentials(ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
 def make_client(args: argparse.Namespace) -> Client:
     """The SDK client the parsed flags describe."""
-    credentials = grpc.ssl_channel_credentials() if args.tls else None
+    credentials = channel_credentials(args)
     retries = getattr(args, "retries", 0)
     retry = ClientRetry(max_attempts=retries + 1) if retries > 0 else None
     return Client(args.target, timeout=args.timeout, credentials=credentials, retry=retry)

@@ -29,6 +29,7 @@ from imagegen.client import (
     AsyncEventStream,
     Client,
     EventStream,
+    tls_credentials,
 )
 from imagegen.conversation import AsyncConversation, Conversation
 from imagegen.errors import (
@@ -122,4 +123,5 @@ __all__ = [
     "Usage",
     "__version__",
     "from_grpc_error",
+    "tls_credentials",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,7 +11,15 @@ import grpc
 from imagegen._convert import CallOptions, MetadataInput, normalize_metadata
 from imagegen._retry import Attempts, ClientRetry
 
-__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "MAX_MESSAGE_BYTES", "ChannelOptions", "ClientConfig"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "MAX_MESSAGE_BYTES",
+    "ChannelOptions",
+    "ClientConfig",
+    "PemSource",
+    "tls_credentials",
+]
 
 #: Where the clients connect when no target is given (``imagegen serve``'s default).
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -24,6 +33,37 @@ _VERSION = "0.1.0"
 
 #: Extra channel options: ``(name, value)`` pairs that override the defaults.
 ChannelOptions = Iterable[tuple[str, Any]]
+
+
+#: A PEM file path, or the PEM bytes themselves.
+PemSource = str | os.PathLike[str] | bytes
+
+
+def _pem(source: PemSource | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    with open(source, "rb") as f:
+        return f.read()
+
+
+def tls_credentials(
+    *,
+    ca_cert: PemSource | None = None,
+    client_cert: PemSource | None = None,
+    client_key: PemSource | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files (paths) or PEM bytes.
+
+    Args:
+        ca_cert: CA certificate(s) that signed the server's certificate; ``None`` trusts the system's roots.
+        client_cert: This client's certificate chain, for servers that require client certificates (mTLS).
+        client_key: The private key of ``client_cert``.
+    """
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together: give both or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(ca_cert), private_key=_pem(client_key), certificate_chain=_pem(client_cert)
+    )
 
 
 def _channel_options(extra: ChannelOptions) -> list[tuple[str, Any]]:
@@ -49,9 +89,16 @@ class ClientConfig:
         bearer_token: str | None,
         options: ChannelOptions,
         retry: ClientRetry | None,
+        ca_cert: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
     ) -> None:
         self._target = target
         self._timeout = timeout
+        if ca_cert is not None or client_cert is not None or client_key is not None:
+            if credentials is not None:
+                raise ValueError("give either credentials or ca_cert/client_cert/client_key, not both")
+            credentials = tls_credentials(ca_cert=ca_cert, client_cert=client_cert, client_key=client_key)
         self._credentials = credentials
         self._options = _channel_options(options)
         self._retry = retry or ClientRetry(max_attempts=1)

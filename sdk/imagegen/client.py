@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from imagegen._async.client import AsyncClient
 from imagegen._async.stream import AsyncEventStream
-from imagegen._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, ChannelOptions
+from imagegen._config import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    MAX_MESSAGE_BYTES,
+    ChannelOptions,
+    PemSource,
+    tls_credentials,
+)
 from imagegen._sync.client import Client
 from imagegen._sync.stream import EventStream
 
@@ -32,4 +39,6 @@ __all__ = [
     "ChannelOptions",
     "Client",
     "EventStream",
+    "PemSource",
+    "tls_credentials",
 ]

@@ -27,6 +27,7 @@ from imagegen_server.observability import Metrics, ObservabilityInterceptor, met
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error
 from imagegen_server.service import ImageGenerationServicer
+from imagegen_server.tls import CertificateFiles
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,12 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     upstream URL); stop both on exit.
 
     Raises :class:`CannotListenError` (before starting anything) when the port
-    or the metrics port is taken or the host is not this machine's.
+    or the metrics port is taken or the host is not this machine's, and
+    :class:`~imagegen_server.config.ConfigError` for flags it refuses (unusable
+    TLS files among them).
     """
+    config.check()
+    certificates = _certificates(config)
     if not _shares_port(config):
         check_bindable(config.host, config.port)
     if config.metrics_port:
@@ -99,7 +104,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = _listen(server, config)
+        port = _listen(server, config, certificates)
         await server.start()
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         running = RunningServer(
@@ -114,7 +119,12 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             metrics=metrics,
             metrics_port=metrics_port,
         )
-        log.info("imagegen listening on %s (default model %s)", running.target, config.default_model)
+        log.info(
+            "imagegen listening on %s (%s, default model %s)",
+            running.target,
+            _transport(certificates),
+            config.default_model,
+        )
         try:
             yield running
         finally:
@@ -148,11 +158,28 @@ def _shares_port(config: ServerConfig) -> bool:
     return False
 
 
-def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
-    """Bind the gRPC port; returns the bound port (the chosen one for port 0)."""
+def _certificates(config: ServerConfig) -> CertificateFiles | None:
+    """The TLS files to serve, read and checked now (before anything starts), or None for plaintext."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def _transport(certificates: CertificateFiles | None) -> str:
+    """How callers connect, for the start-up line."""
+    if certificates is None:
+        return "plaintext"
+    return "mutual TLS" if certificates.requires_client_certificates else "TLS"
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: CertificateFiles | None) -> int:
+    """Bind the gRPC port, with TLS when configured; returns the bound port (the chosen one for port 0)."""
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        if certificates is not None:
+            port = server.add_secure_port(address, certificates.credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:  # gRPC gives no reason; check_bindable usually named it already
         raise CannotListenError(f"cannot listen on {address}") from exc
     if port == 0:

@@ -1,8 +1,9 @@
 """``imagegen serve``: parse flags and environment, set up logging, run the server.
 
 Exit codes: 0 after a graceful stop on SIGTERM, 130 after one on Ctrl-C
-(SIGINT), 2 for a bad flag, 7 when the address cannot be bound (the port is
-taken, or the host is not this machine's). ``imagegen --help`` lists them all.
+(SIGINT), 2 for a bad flag or a refused flag combination (unusable TLS files),
+7 when the address cannot be bound (the port is taken, or the host is not this
+machine's). ``imagegen --help`` lists them all.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from imagegen_server.app import serve
-from imagegen_server.config import ServerConfig
+from imagegen_server.config import ConfigError, ServerConfig
 from imagegen_server.observability import GenerationLogFilter
 from imagegen_server.ports import CannotListenError
 
 EXIT_OK = 0
+#: A flag or flag combination the server refuses (also argparse's code for a bad flag).
+EXIT_USAGE = 2
 #: The port is taken or the address cannot be bound (the ``imagegen`` command documents the same number).
 EXIT_CANNOT_LISTEN = 7
 EXIT_INTERRUPTED = 130
@@ -34,6 +37,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         stopped_by = asyncio.run(serve(config))
+    except ConfigError as exc:
+        print(f"imagegen serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CannotListenError as exc:
         print(f"imagegen serve: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LISTEN

@@ -25,6 +25,10 @@ DEFAULT_CONSTRAINT = """STRICT RULES:
 """
 
 
+class ConfigError(ValueError):
+    """The configuration cannot be served as given; the message says why in one sentence."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything the server needs to start. ``ServerConfig(port=0)`` is a
@@ -72,11 +76,37 @@ class ServerConfig:
     max_prompt_chars: int = 10_000
     max_input_image_bytes: int = 20 * 1024 * 1024
     max_history_turns: int = 64
+    #: TLS for the gRPC port: PEM certificate chain and private key (both or neither).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: PEM CA certificates for mutual TLS: clients must present a certificate
+    #: signed by one of them, and its identity (CN, else first SAN) becomes the caller.
+    tls_client_ca: str | None = None
 
     @property
     def uses_embedded_emulator(self) -> bool:
         """True when the server must start its own emulator (no key, no URL)."""
         return self.api_key is None and self.upstream_url is None
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when the gRPC port speaks TLS."""
+        return self.tls_cert is not None
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for the first flag combination the server refuses."""
+        found = self.problems()
+        if found:
+            raise ConfigError(found[0])
+
+    def problems(self) -> list[str]:
+        """Flag combinations the server refuses, one sentence each (empty when the config is usable)."""
+        found: list[str] = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            found.append("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        return found
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -225,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded emulator's images: realistic (Gemini-sized) or small",
     )
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS); their CN names the caller",
+    )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     p.epilog = _epilog(set(vars(p.parse_args([]))))
     return p

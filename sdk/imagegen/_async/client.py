@@ -12,7 +12,7 @@ import grpc
 from imagegen._async.connection import AsyncConnection
 from imagegen._async.conversation import AsyncConversation
 from imagegen._async.stream import AsyncEventStream
-from imagegen._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, ChannelOptions, ClientConfig
+from imagegen._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, ChannelOptions, ClientConfig, PemSource
 from imagegen._convert import CallOptions, GenerationKwargs, MetadataInput, RequestSpec, TurnInput, event_from_response
 from imagegen._retry import ClientRetry
 from imagegen.types import GenerationResult, ModelInfo, StreamEvent
@@ -32,8 +32,11 @@ class AsyncClient(ClientConfig):
             included; ``None`` for no deadline. Each method's ``timeout=`` overrides it.
         metadata: gRPC metadata sent with every call (pairs or a mapping).
         credentials: TLS channel credentials (``grpc.ssl_channel_credentials()``);
-            ``None`` for a plaintext channel.
+            ``None`` for a plaintext channel (unless ``ca_cert`` or ``client_cert`` is given).
         bearer_token: Sent as ``authorization: Bearer <token>`` on every call.
+        ca_cert: TLS: the CA that signed the server's certificate (PEM path or bytes).
+        client_cert: mutual TLS: this client's certificate (PEM path or bytes); needs ``client_key``.
+        client_key: mutual TLS: the private key of ``client_cert``.
         options: Extra channel options; they override the defaults (64 MiB send and
             receive limits, user agent).
         retry: Client-side retries (:class:`imagegen.ClientRetry`); off by default.
@@ -53,6 +56,9 @@ class AsyncClient(ClientConfig):
         bearer_token: str | None = None,
         options: ChannelOptions = (),
         retry: ClientRetry | None = None,
+        ca_cert: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -62,8 +68,11 @@ class AsyncClient(ClientConfig):
             bearer_token=bearer_token,
             options=options,
             retry=retry,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
         )
-        self._connection = AsyncConnection(target, credentials, self._options)
+        self._connection = AsyncConnection(target, self._credentials, self._options)
 
     @property
     def channel(self) -> grpc.aio.Channel:

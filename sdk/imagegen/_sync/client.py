@@ -11,7 +11,7 @@ from typing import Self, TypeVar, Unpack
 
 import grpc
 
-from imagegen._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, ChannelOptions, ClientConfig
+from imagegen._config import DEFAULT_TARGET, DEFAULT_TIMEOUT, ChannelOptions, ClientConfig, PemSource
 from imagegen._convert import CallOptions, GenerationKwargs, MetadataInput, RequestSpec, TurnInput, event_from_response
 from imagegen._retry import ClientRetry
 from imagegen._sync.connection import Connection
@@ -34,8 +34,11 @@ class Client(ClientConfig):
             included; ``None`` for no deadline. Each method's ``timeout=`` overrides it.
         metadata: gRPC metadata sent with every call (pairs or a mapping).
         credentials: TLS channel credentials (``grpc.ssl_channel_credentials()``);
-            ``None`` for a plaintext channel.
+            ``None`` for a plaintext channel (unless ``ca_cert`` or ``client_cert`` is given).
         bearer_token: Sent as ``authorization: Bearer <token>`` on every call.
+        ca_cert: TLS: the CA that signed the server's certificate (PEM path or bytes).
+        client_cert: mutual TLS: this client's certificate (PEM path or bytes); needs ``client_key``.
+        client_key: mutual TLS: the private key of ``client_cert``.
         options: Extra channel options; they override the defaults (64 MiB send and
             receive limits, user agent).
         retry: Client-side retries (:class:`imagegen.ClientRetry`); off by default.
@@ -55,6 +58,9 @@ class Client(ClientConfig):
         bearer_token: str | None = None,
         options: ChannelOptions = (),
         retry: ClientRetry | None = None,
+        ca_cert: PemSource | None = None,
+        client_cert: PemSource | None = None,
+        client_key: PemSource | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -64,8 +70,11 @@ class Client(ClientConfig):
             bearer_token=bearer_token,
             options=options,
             retry=retry,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
         )
-        self._connection = Connection(target, credentials, self._options)
+        self._connection = Connection(target, self._credentials, self._options)
 
     @property
     def channel(self) -> grpc.Channel:
