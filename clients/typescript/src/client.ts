@@ -100,14 +100,26 @@ export interface CallOptions {
 export interface ImagegenClientOptions {
   /**
    * Where the server listens: `http://host:port` for plaintext HTTP/2 (h2c),
-   * `https://host:port` for TLS. A bare `host:port` means `http://host:port`.
+   * `https://host:port` for TLS. A bare `host:port` means `http://host:port`,
+   * or `https://host:port` when `ca`, `cert` or `key` is given.
    */
   address: string;
   /** Default deadline for every call, in milliseconds. None when absent. */
   timeoutMs?: number;
-  /** Metadata sent with every call, e.g. `{ authorization: "Bearer ..." }`. */
+  /** Metadata sent with every call, e.g. `{ "x-request-id": "..." }`. */
   headers?: HeadersInit;
-  /** Use this transport instead of creating a gRPC one (address is then ignored). */
+  /** Sent as `authorization: Bearer <token>` on every call (the server's tokens file names the caller). */
+  bearerToken?: string;
+  /**
+   * TLS (`https://` addresses): the CA certificate(s) that signed the server's
+   * certificate, PEM; absent trusts Node's default roots.
+   */
+  ca?: string | Buffer;
+  /** Mutual TLS: this client's certificate chain, PEM (with `key`). */
+  cert?: string | Buffer;
+  /** Mutual TLS: the private key of `cert`, PEM. */
+  key?: string | Buffer;
+  /** Use this transport instead of creating a gRPC one (address and TLS options are then ignored). */
   transport?: Transport;
 }
 
@@ -152,8 +164,17 @@ function toOptions(p: GenerationParams): GenerationOptions {
   });
 }
 
-function normalizeAddress(address: string): string {
-  return /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;
+function normalizeAddress(address: string, tls: boolean): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(address)) return address;
+  return `${tls ? "https" : "http"}://${address}`;
+}
+
+/** The client's default headers plus `authorization: Bearer <token>` when a token is given. */
+function withBearer(headers: HeadersInit | undefined, token: string | undefined): HeadersInit | undefined {
+  if (token === undefined) return headers;
+  const merged = new Headers(headers);
+  merged.set("authorization", `Bearer ${token}`);
+  return merged;
 }
 
 /** The call options this wrapper passes to the generated Connect client. */
@@ -206,11 +227,16 @@ export class ImagegenClient {
 
   constructor(options: ImagegenClientOptions) {
     this.timeoutMs = options.timeoutMs;
-    this.headers = options.headers;
+    this.headers = withBearer(options.headers, options.bearerToken);
     let transport = options.transport;
     if (transport === undefined) {
-      const baseUrl = normalizeAddress(options.address);
-      this.sessionManager = new Http2SessionManager(baseUrl);
+      const tls = options.ca !== undefined || options.cert !== undefined || options.key !== undefined;
+      if ((options.cert === undefined) !== (options.key === undefined)) {
+        throw new TypeError("cert and key go together: give both or neither");
+      }
+      const baseUrl = normalizeAddress(options.address, tls);
+      const secure = tls ? { ca: options.ca, cert: options.cert, key: options.key } : {};
+      this.sessionManager = new Http2SessionManager(baseUrl, undefined, secure);
       transport = createGrpcTransport({ baseUrl, sessionManager: this.sessionManager });
     }
     this.raw = createClient(ImageGenerationService, transport);
