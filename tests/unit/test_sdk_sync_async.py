@@ -45,7 +45,10 @@ _PROTOCOLS = {"__iter__", "__next__", "__enter__", "__exit__"}
 def test_generated_sync_sdk_is_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     config = load_config(ROOT / "pyproject.toml")
-    assert config.files, "[tool.unasyncd] lists no files"
+    # Every async module has its generated twin, except the hand-written channel handling.
+    written_by_hand = {"__init__.py", "connection.py"}
+    sources = {f"sdk/imagegen/_async/{p.name}" for p in (ROOT / "sdk/imagegen/_async").glob("*.py")}
+    assert set(config.files) == {s for s in sources if s.rsplit("/", 1)[1] not in written_by_hand}
     stale = []
     for source, target in config.files.items():
         transform = TreeTransformer(

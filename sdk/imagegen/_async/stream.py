@@ -13,7 +13,7 @@ from imagegen.types import GenerationResult, StreamEvent
 class AsyncEventStream(EventStreamBase, AsyncIterator[StreamEvent]):
     """The typed events of a ``generate_stream`` / ``refine_stream`` call.
 
-    ``async for`` over it; the last event of a successful stream is :class:`imagegen.Completed`,
+    Iterate it (``async for``); the last event of a successful stream is :class:`imagegen.Completed`,
     and a failure raises an :class:`imagegen.ImagegenError` from the loop. Use ``async with``
     (or call :meth:`aclose`) to cancel the call when you stop early.
     """

@@ -15,7 +15,7 @@ from imagegen.types import GenerationResult, StreamEvent
 class EventStream(EventStreamBase, Iterator[StreamEvent]):
     """The typed events of a ``generate_stream`` / ``refine_stream`` call.
 
-    ``for`` over it; the last event of a successful stream is :class:`imagegen.Completed`,
+    Iterate it (``for``); the last event of a successful stream is :class:`imagegen.Completed`,
     and a failure raises an :class:`imagegen.ImagegenError` from the loop. Use ``with``
     (or call :meth:`close`) to cancel the call when you stop early.
     """
