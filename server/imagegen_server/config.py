@@ -50,9 +50,12 @@ class ServerConfig:
     max_backoff: float = 20.0
     max_upstream_delay: float = 60.0
     attempt_timeout: float = 120.0
-    #: Retry budget (token bucket shared by all requests).
-    retry_budget_tokens: float = 10.0
-    retry_budget_ratio: float = 0.1
+    #: Retry budget, per model: within ``retry_budget_window`` seconds, retries
+    #: that failed may number ``retry_budget_percent`` % of the requests plus
+    #: ``retry_budget_min_retries`` (successful retries cost nothing).
+    retry_budget_percent: float = 20.0
+    retry_budget_min_retries: int = 20
+    retry_budget_window: float = 60.0
     #: Concurrent upstream calls; beyond it, requests queue for up to
     #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
     max_concurrency: int = 16
@@ -238,6 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on an honoured RetryInfo delay",
     )
     p.add_argument("--attempt-timeout", dest="attempt_timeout", type=float, help="per-attempt timeout, seconds")
+    p.add_argument(
+        "--retry-budget-percent",
+        dest="retry_budget_percent",
+        type=float,
+        help="per model: failed retries allowed as a percentage of recent requests (default 20)",
+    )
+    p.add_argument(
+        "--retry-budget-min-retries",
+        dest="retry_budget_min_retries",
+        type=int,
+        help="per model: failed retries always allowed per window, on top of the percentage (default 20)",
+    )
+    p.add_argument(
+        "--retry-budget-window",
+        dest="retry_budget_window",
+        type=float,
+        help="the retry budget's sliding window, seconds (default 60)",
+    )
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")
     p.add_argument("--idempotency-ttl", dest="idempotency_ttl", type=float, help="request-id result TTL, seconds")

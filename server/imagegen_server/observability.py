@@ -75,6 +75,13 @@ class Metrics(GenerationObserver):
         self.retry_wait_seconds = Counter(
             "imagegen_retry_wait_seconds", "Seconds spent waiting between upstream attempts.", registry=self.registry
         )
+        self.retry_stops = Counter(
+            "imagegen_retry_stops",
+            "Upstream failures after which no retry followed, by model and stop reason "
+            "(attempts_exhausted, deadline, retry_budget, circuit_open, not_retryable).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.generations = Counter(
             "imagegen_generations",
             "Generations that reached upstream, by model and outcome (ok or the last failure kind).",
@@ -83,8 +90,10 @@ class Metrics(GenerationObserver):
         )
 
     def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
-        """Count the failed attempt by its kind."""
+        """Count the failed attempt by its kind and, when no retry follows, why."""
         self.upstream_attempts.labels(error.kind.name).inc()
+        if not decision.will_retry:
+            self.retry_stops.labels(model, decision.reason).inc()
 
     def attempt_succeeded(self, model: str, attempt: int) -> None:
         """Count the successful attempt."""

@@ -145,7 +145,9 @@ class Pipeline:
             max_upstream_delay=config.max_upstream_delay,
             attempt_timeout=config.attempt_timeout,
         )
-        self._budget = RetryBudget(config.retry_budget_tokens, config.retry_budget_ratio)
+        #: One retry budget per upstream model (quotas and outages are per model), made on first use.
+        self._budgets: dict[str, RetryBudget] = {}
+        self._budget(config.default_model)  # a bad budget setting fails at startup, not on a request
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._cache: IdempotencyCache[image_pb2.Generation] = IdempotencyCache(
             config.idempotency_ttl, config.idempotency_max_entries, clock.now
@@ -254,7 +256,7 @@ class Pipeline:
             call_with_retries(
                 attempt,
                 policy=self._policy,
-                budget=self._budget,
+                budget=self._budget(call.upstream.model),
                 deadline=call.deadline,
                 observer=reporter,
                 clock=self._clock,
@@ -311,10 +313,29 @@ class Pipeline:
             and now >= call.deadline - DEADLINE_MARGIN
         ):
             # Upstream was still working when the caller's time ran out.
-            return errors.deadline_exceeded({**call.meta, "attempts": str(failure.attempts)})
+            return errors.deadline_exceeded(
+                {**call.meta, "attempts": str(failure.attempts), "stopReason": failure.stop_reason}
+            )
         return errors.from_upstream(
-            failure.error, attempts=failure.attempts, retry_delay=failure.retry_delay, metadata=call.meta
+            failure.error,
+            attempts=failure.attempts,
+            retry_delay=failure.retry_delay,
+            metadata={**call.meta, "stopReason": failure.stop_reason},
         )
+
+    def _budget(self, model: str) -> RetryBudget:
+        """The retry budget of ``model``."""
+        budget = self._budgets.get(model)
+        if budget is None:
+            config = self._config
+            budget = RetryBudget(
+                config.retry_budget_percent,
+                config.retry_budget_min_retries,
+                config.retry_budget_window,
+                clock=self._clock.now,
+            )
+            self._budgets[model] = budget
+        return budget
 
     async def _acquire_slot(self, deadline: float | None, meta: Mapping[str, str]) -> None:
         # One slot per request, held across its retries and waits: the limit

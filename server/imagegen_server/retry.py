@@ -18,9 +18,10 @@ everything else                   never (argument, precondition, signature,
 
 Every retry also needs an attempt left, an upstream delay no longer than
 ``max_upstream_delay``, time before the caller's deadline for the wait plus a
-minimal attempt, and a token in the shared :class:`RetryBudget`. When any of
+minimal attempt, and room in the model's :class:`RetryBudget`. When any of
 these is missing the loop raises :class:`RetryFailure` at once, carrying the
-delay a later retry would need so the gRPC layer can put it in ``RetryInfo``.
+delay a later retry would need so the gRPC layer can put it in ``RetryInfo``,
+and why it stopped (one of :data:`STOP_REASONS`).
 
 Time and randomness are injected (:class:`Clock`, :class:`random.Random`) so
 tests run without real sleeping and reproduce exactly.
@@ -29,11 +30,13 @@ tests run without real sleeping and reproduce exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, assert_never
 
@@ -41,6 +44,7 @@ from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 
 __all__ = [
     "MONOTONIC_CLOCK",
+    "STOP_REASONS",
     "Clock",
     "MonotonicClock",
     "RetryBudget",
@@ -58,15 +62,24 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Stop reasons (RetryDecision.reason / RetryFailure.stop_reason). Plain strings so
-# they can go straight into logs, stream events and ErrorInfo metadata.
+# Stop reasons (RetryDecision.reason / RetryFailure.stop_reason): the names of
+# imagegen.v1.RetryStopReason without prefix, in lower case. Plain strings so they
+# go straight into logs, metrics labels and the ErrorInfo metadata ``stopReason``.
+#: Not a stop: the decision to retry.
 RETRYABLE: Final = "retryable"
+#: A retry cannot fix it (argument, content, per-day quota...).
 NOT_RETRYABLE: Final = "not_retryable"
+#: The policy's attempts are used up (or the one retry a malformed/no-image answer gets).
 ATTEMPTS_EXHAUSTED: Final = "attempts_exhausted"
+#: The wait would pass the caller's deadline, or is longer than the server waits for upstream.
 DEADLINE: Final = "deadline"
-BUDGET_EXHAUSTED: Final = "budget_exhausted"
-UPSTREAM_DELAY_TOO_LONG: Final = "upstream_delay_too_long"
-RETRIED_ONCE_ALREADY: Final = "retried_once_already"
+#: The model's :class:`RetryBudget` allows no further retry.
+RETRY_BUDGET: Final = "retry_budget"
+#: The model's circuit breaker is open.
+CIRCUIT_OPEN: Final = "circuit_open"
+
+#: Every reason a retry loop stops with.
+STOP_REASONS: Final = frozenset({NOT_RETRYABLE, ATTEMPTS_EXHAUSTED, DEADLINE, RETRY_BUDGET, CIRCUIT_OPEN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,54 +132,105 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """A token bucket shared by all requests, after gRPC's ``retryThrottling``.
+    """Bounds the retries that fail, as a share of recent requests, for one upstream model.
 
-    Starts full. A failed attempt of a retryable kind takes one token, a
-    success gives back ``token_ratio``; retries are allowed only while more
-    than half the bucket is left. So during an outage most requests get a
-    single attempt instead of ``max_attempts``, and upstream load is not
-    multiplied. As in gRPC, failures that would not be retried (a blocked
-    prompt, a bad argument) neither take nor give tokens: they say nothing
-    about upstream health.
+    Envoy's retry budget lets active retries reach ``budget_percent`` of active
+    requests, never fewer than ``min_retry_concurrency``; gRPC's A6 keeps a token
+    bucket refilled only by successes. Neither fits a gateway serving few, slow,
+    expensive requests whose retries mostly wait (RetryInfo, backoff): A6 turns
+    retries off after a handful of failures on a quiet server, and a
+    concurrency share counts every waiting request as load. This budget counts
+    over time instead: within the last ``window`` seconds, retries whose attempt
+    failed may number at most ``percent`` % of the requests started plus
+    ``min_retries`` (the floor that keeps a quiet gateway retrying).
 
-    Meant to be shared within one event loop; it does no locking.
+    The retries of a request that succeeds cost nothing (:meth:`refund`): they
+    are what the budget exists to allow, and they prove upstream is serving. So
+    transient faults never use it up, however many came before; in a full
+    outage every retry fails, and upstream
+    attempts over any ``window`` stay at most ``(1 + percent/100) x requests +
+    min_retries`` (plus the retries already under way when it ran out, at most
+    one per concurrency slot). As in gRPC, only failures of retryable kinds are
+    counted: a blocked prompt says nothing about upstream health.
+
+    Time comes from ``clock`` (injected for tests). Meant to be used within one
+    event loop; it does no locking.
     """
 
-    __slots__ = ("_max_tokens", "_token_ratio", "_tokens")
+    __slots__ = ("_clock", "_failed_retries", "_min_retries", "_percent", "_requests", "_window")
 
-    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
-        if max_tokens <= 0:
-            raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-        if token_ratio <= 0:
-            raise ValueError(f"token_ratio must be > 0, got {token_ratio}")
-        self._max_tokens = float(max_tokens)
-        self._token_ratio = float(token_ratio)
-        self._tokens = float(max_tokens)
+    def __init__(
+        self,
+        percent: float = 20.0,
+        min_retries: int = 20,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if percent < 0:
+            raise ValueError(f"percent must be >= 0, got {percent}")
+        if min_retries < 0:
+            raise ValueError(f"min_retries must be >= 0, got {min_retries}")
+        if window <= 0:
+            raise ValueError(f"window must be > 0, got {window}")
+        self._percent = float(percent)
+        self._min_retries = int(min_retries)
+        self._window = float(window)
+        self._clock = clock
+        #: Start times of the requests, and end times of the failed retries, within the window.
+        self._requests: deque[float] = deque()
+        self._failed_retries: deque[float] = deque()
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self._window
+        for times in (self._requests, self._failed_retries):
+            while times and times[0] <= horizon:
+                times.popleft()
 
     @property
-    def tokens(self) -> float:
-        """Tokens left (for metrics and tests)."""
-        return self._tokens
+    def requests(self) -> int:
+        """Requests started within the window."""
+        self._prune(self._clock())
+        return len(self._requests)
 
     @property
-    def max_tokens(self) -> float:
-        """Size of the bucket."""
-        return self._max_tokens
+    def failed_retries(self) -> int:
+        """Retries that failed within the window."""
+        self._prune(self._clock())
+        return len(self._failed_retries)
+
+    @property
+    def allowance(self) -> float:
+        """Failed retries the window may hold before retries stop."""
+        return self._min_retries + self._percent / 100.0 * self.requests
+
+    def request_started(self) -> None:
+        """A request makes its first attempt."""
+        now = self._clock()
+        self._prune(now)
+        self._requests.append(now)
+
+    def retry_failed(self) -> float:
+        """A retry (an attempt after the first) failed with a retryable kind; returns its receipt for :meth:`refund`."""
+        now = self._clock()
+        self._prune(now)
+        self._failed_retries.append(now)
+        return now
+
+    def refund(self, receipts: Iterable[float]) -> None:
+        """The request whose failed retries these were succeeded after all: they cost nothing."""
+        for receipt in receipts:
+            with contextlib.suppress(ValueError):  # already out of the window
+                self._failed_retries.remove(receipt)
 
     def allow_retry(self) -> bool:
         """Whether a retry may be made now."""
-        return self._tokens > self._max_tokens / 2
-
-    def record_failure(self) -> None:
-        """Take a token for a failed attempt of a retryable kind."""
-        self._tokens = max(0.0, self._tokens - 1.0)
-
-    def record_success(self) -> None:
-        """Give back ``token_ratio`` tokens for a successful attempt."""
-        self._tokens = min(self._max_tokens, self._tokens + self._token_ratio)
+        return self.failed_retries < self.allowance
 
     def __repr__(self) -> str:
-        return f"RetryBudget(tokens={self._tokens:g}/{self._max_tokens:g}, ratio={self._token_ratio:g})"
+        return (
+            f"RetryBudget(failed_retries={self.failed_retries}, requests={self.requests}, "
+            f"percent={self._percent:g}, min_retries={self._min_retries}, window={self._window:g})"
+        )
 
 
 class Clock(Protocol):
@@ -207,9 +271,7 @@ class RetryDecision:
     #: Seconds until the next attempt; when stopping, the delay a retry would have
     #: needed (0.0 when none is known or none would help).
     delay: float
-    #: ``"retryable"`` when retrying, else why not: ``"not_retryable"``,
-    #: ``"retried_once_already"``, ``"attempts_exhausted"``, ``"upstream_delay_too_long"``,
-    #: ``"deadline"`` or ``"budget_exhausted"``.
+    #: ``"retryable"`` when retrying, else why not: one of :data:`STOP_REASONS`.
     reason: str
 
 
@@ -332,19 +394,20 @@ def _decide(
     classification = classify(error)
     if not classification.retryable:
         return _stop(NOT_RETRYABLE, None)
-    # Count the failure before asking the budget, as gRPC does: the attempt that
-    # drains the bucket below half is itself not retried.
-    if budget is not None:
-        budget.record_failure()
     if classification.max_retries is not None and failures_of_kind > classification.max_retries:
-        return _stop(RETRIED_ONCE_ALREADY, None)
+        # The kind's own retry was made and failed the same way: its attempts are used up.
+        return _stop(ATTEMPTS_EXHAUSTED, None)
     upstream_delay = None if error.retry_after is None else max(0.0, error.retry_after)
     if attempt >= policy.max_attempts:
         # Only upstream's own delay is worth passing on; a jittered guess is not.
         return _stop(ATTEMPTS_EXHAUSTED, upstream_delay)
     if upstream_delay is not None:
         if upstream_delay > policy.max_upstream_delay:
-            return _stop(UPSTREAM_DELAY_TOO_LONG, upstream_delay)
+            # Longer than this server waits for upstream: the caller may wait it out instead.
+            logger.info(
+                "upstream asked for %.1fs, more than the %.1fs we wait", upstream_delay, policy.max_upstream_delay
+            )
+            return _stop(DEADLINE, upstream_delay)
         wait = upstream_delay
     else:
         wait = rng.uniform(0.0, policy.backoff_ceiling(attempt))
@@ -354,7 +417,7 @@ def _decide(
         # attempt needs some time left even when min_attempt_time is 0.)
         return _stop(DEADLINE, wait)
     if budget is not None and not budget.allow_retry():
-        return _stop(BUDGET_EXHAUSTED, wait)
+        return _stop(RETRY_BUDGET, wait)
     return RetryDecision(will_retry=True, delay=wait, reason=RETRYABLE), None
 
 
@@ -386,6 +449,10 @@ async def call_with_retries(
     failures_by_kind: dict[ErrorKind, int] = {}
     last_error: UpstreamError | None = None
     number = 0
+    #: This request's failed retries, refunded if it succeeds.
+    receipts: list[float] = []
+    if budget is not None:
+        budget.request_started()
     while True:
         number += 1
         timeout = policy.attempt_timeout
@@ -406,6 +473,9 @@ async def call_with_retries(
         except UpstreamError as error:
             last_error = error
             failures_by_kind[error.kind] = failures_by_kind.get(error.kind, 0) + 1
+            if budget is not None and number > 1 and classify(error).retryable:
+                # A retry that failed: load that did not help (yet).
+                receipts.append(budget.retry_failed())
             decision, retry_delay = _decide(
                 error,
                 attempt=number,
@@ -426,8 +496,8 @@ async def call_with_retries(
                 ) from error
             await clock.sleep(decision.delay)
             continue
-        if budget is not None:
-            budget.record_success()
+        if budget is not None and receipts:
+            budget.refund(receipts)
         if number > 1:
             logger.info("upstream attempt %d/%d succeeded", number, policy.max_attempts)
         return RetryOutcome(value=value, attempts=number)

@@ -42,8 +42,6 @@ from imagegen_server.retry import (
     DEADLINE,
     MONOTONIC_CLOCK,
     NOT_RETRYABLE,
-    RETRIED_ONCE_ALREADY,
-    UPSTREAM_DELAY_TOO_LONG,
     RetryBudget,
     RetryDecision,
     RetryFailure,
@@ -76,7 +74,7 @@ QUICK = 0.5
 #: Slack added on top of a deliberate wait (latency, RetryInfo, attempt timeout).
 SLACK = 0.5
 
-#: Kinds whose failures take a token from the retry budget (the retryable ones).
+#: Kinds whose failed retries count against the retry budget (the retryable ones).
 BUDGET_KINDS = frozenset({K.RATE_LIMITED, K.UNAVAILABLE, K.DEADLINE_EXCEEDED, K.MALFORMED, K.NO_IMAGE})
 
 PER_MINUTE_QUOTA = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
@@ -139,7 +137,7 @@ def never_retried(fault: str, kind: ErrorKind, *, id: str, **kw: Any) -> Row:
 
 def retried_once(fault: str, kind: ErrorKind, *, id: str, **kw: Any) -> Row:
     """A malformed / no-image answer every time: one retry, then give up."""
-    return Row(id=id, steps=(fault,), attempts=2, failures=(kind, kind), stop=RETRIED_ONCE_ALREADY, **kw)
+    return Row(id=id, steps=(fault,), attempts=2, failures=(kind, kind), stop=ATTEMPTS_EXHAUSTED, **kw)
 
 
 def blocked_output(reason: str) -> Row:
@@ -215,7 +213,7 @@ ROWS: list[Row] = [
         steps=("rate_limit:5", "ok"),
         attempts=1,
         failures=(K.RATE_LIMITED,),
-        stop=UPSTREAM_DELAY_TOO_LONG,
+        stop=DEADLINE,
         retry_delay=5.0,
         error={"retry_after": 5.0},
     ),
@@ -266,7 +264,7 @@ ROWS: list[Row] = [
         steps=("retry_after_header:Fri, 01 Jan 2100 00:00:00 GMT", "ok"),
         attempts=1,
         failures=(K.RATE_LIMITED,),
-        stop=UPSTREAM_DELAY_TOO_LONG,
+        stop=DEADLINE,
         retry_delay=(2.0e9, 5.0e9),
         error={"retry_after": (2.0e9, 5.0e9)},
     ),
@@ -775,11 +773,9 @@ async def test_scenario(emulator: Emulator, row: Row) -> None:
     assert elapsed >= waited - 0.005
     assert row.min_s <= elapsed < row.max_s, f"took {elapsed:.3f}s, expected [{row.min_s}, {row.max_s})"
 
-    # Budget: each failure of a retryable kind took a token, a success gave one back.
-    tokens = budget.max_tokens - sum(1 for kind in row.failures if kind in BUDGET_KINDS)
-    if row.stop is None:
-        tokens = min(budget.max_tokens, tokens + 0.1)
-    assert budget.tokens == pytest.approx(tokens)
+    # Budget: one request; each failed retry of a retryable kind counted, unless the request succeeded.
+    failed_retries = sum(1 for kind in row.failures[1:] if kind in BUDGET_KINDS)
+    assert (budget.requests, budget.failed_retries) == (1, 0 if row.stop is None else failed_retries)
 
     # The emulator saw every attempt as the same request, on the right route, and
     # every request ended (nothing left in flight: timeouts aborted the request).

@@ -42,14 +42,7 @@ NEVER_KINDS = (
     ErrorKind.AUTH,
     ErrorKind.QUOTA_EXHAUSTED,
 )
-STOP_REASONS = {
-    "not_retryable",
-    "retried_once_already",
-    "attempts_exhausted",
-    "upstream_delay_too_long",
-    "deadline",
-    "budget_exhausted",
-}
+STOP_REASONS = {"not_retryable", "attempts_exhausted", "deadline", "retry_budget", "circuit_open"}
 
 
 # --- fakes ---------------------------------------------------------------------------------------
@@ -187,22 +180,38 @@ def test_policy_defaults_and_backoff_ceiling() -> None:
         p.max_attempts = 5  # type: ignore[misc]
 
 
-def test_budget_bucket_arithmetic() -> None:
-    b = RetryBudget(max_tokens=4, token_ratio=0.5)
-    assert b.tokens == 4 and b.allow_retry()
-    b.record_success()
-    assert b.tokens == 4  # capped at the bucket size
-    b.record_failure()
-    assert b.tokens == 3 and b.allow_retry()
-    b.record_failure()
-    assert b.tokens == 2 and not b.allow_retry()  # only while strictly above half
-    for _ in range(5):
-        b.record_failure()
-    assert b.tokens == 0  # never negative
+def test_budget_counts_failed_retries_against_recent_requests() -> None:
+    clock = FakeClock()
+    b = RetryBudget(percent=25, min_retries=2, window=60.0, clock=clock.now)
+    assert b.allowance == 2 and b.allow_retry()
+    for _ in range(8):
+        b.request_started()
+    assert b.requests == 8 and b.allowance == 4.0
+    for _ in range(3):
+        b.retry_failed()
+    assert b.failed_retries == 3 and b.allow_retry()
+    b.retry_failed()
+    assert not b.allow_retry()  # 4 failed retries: at the allowance
+    b.request_started()
+    b.request_started()
+    assert b.allowance == 4.5 and b.allow_retry()  # new requests make room, a quarter each
+
+
+def test_budget_forgets_what_left_its_window() -> None:
+    clock = FakeClock()
+    b = RetryBudget(percent=0, min_retries=1, window=10.0, clock=clock.now)
+    b.retry_failed()
+    assert not b.allow_retry()
+    clock.advance(9.9)
+    assert not b.allow_retry()
+    clock.advance(0.1)
+    assert b.failed_retries == 0 and b.allow_retry()
+
+
+@pytest.mark.parametrize("kwargs", [{"percent": -1}, {"min_retries": -1}, {"window": 0}])
+def test_budget_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        RetryBudget(max_tokens=0)
-    with pytest.raises(ValueError):
-        RetryBudget(token_ratio=0)
+        RetryBudget(**kwargs)  # type: ignore[arg-type]
 
 
 def test_monotonic_clock_is_immutable() -> None:
@@ -231,7 +240,7 @@ async def test_success_first_try() -> None:
     assert (outcome.value, outcome.attempts) == ("image", 1)
     assert clock.sleeps == [] and script.timeouts == [120.0]
     assert obs.events == [("started", 1, 3)]
-    assert budget.tokens == budget.max_tokens
+    assert (budget.requests, budget.failed_retries) == (1, 0)
 
 
 async def test_rate_limited_then_success_honours_retry_after_exactly() -> None:
@@ -294,8 +303,8 @@ async def test_non_retryable_kinds_attempted_once(kind: ErrorKind) -> None:
     assert info.value.stop_reason == "not_retryable" and info.value.retry_delay is None
     assert clock.sleeps == []
     assert obs.failed[0][2] == RetryDecision(will_retry=False, delay=0.0, reason="not_retryable")
-    # A content or argument error says nothing about upstream health: the budget is untouched.
-    assert budget.tokens == budget.max_tokens
+    # A content or argument error says nothing about upstream health: no failed retry counted.
+    assert budget.failed_retries == 0
 
 
 @pytest.mark.parametrize("kind", ONCE_KINDS)
@@ -305,7 +314,7 @@ async def test_malformed_and_no_image_retried_once_only(kind: ErrorKind) -> None
     with pytest.raises(RetryFailure) as info:
         await call_with_retries(script, policy=RetryPolicy(max_attempts=5), clock=clock, rng=random.Random(SEED))
     assert script.calls == 2 and info.value.attempts == 2
-    assert info.value.stop_reason == "retried_once_already" and info.value.retry_delay is None
+    assert info.value.stop_reason == "attempts_exhausted" and info.value.retry_delay is None
     assert len(clock.sleeps) == 1
 
 
@@ -343,8 +352,8 @@ async def test_upstream_delay_above_cap_fails_now_carrying_it() -> None:
     with pytest.raises(RetryFailure) as info:
         await call_with_retries(script, policy=RetryPolicy(max_upstream_delay=60.0), observer=obs, clock=clock)
     assert script.calls == 1 and clock.sleeps == []
-    assert info.value.stop_reason == "upstream_delay_too_long" and info.value.retry_delay == 61.5
-    assert obs.failed[0][2] == RetryDecision(will_retry=False, delay=61.5, reason="upstream_delay_too_long")
+    assert info.value.stop_reason == "deadline" and info.value.retry_delay == 61.5
+    assert obs.failed[0][2] == RetryDecision(will_retry=False, delay=61.5, reason="deadline")
 
 
 async def test_upstream_delay_at_cap_is_waited() -> None:
@@ -420,41 +429,36 @@ async def test_deadline_already_passed_makes_no_attempt() -> None:
     assert info.value.error.kind is ErrorKind.DEADLINE_EXCEEDED
 
 
-async def test_budget_exhaustion_across_calls_and_refill_on_success() -> None:
+async def test_budget_bounds_an_outage_but_successful_retries_cost_nothing() -> None:
     clock = FakeClock()
-    budget = RetryBudget(max_tokens=4, token_ratio=0.5)  # retries while tokens > 2
-    policy = RetryPolicy(max_attempts=10)
+    budget = RetryBudget(percent=25, min_retries=2, window=60.0, clock=clock.now)
+    policy = RetryPolicy(max_attempts=3)
     rng = random.Random(SEED)
 
-    outage = Script(clock, err(ErrorKind.UNAVAILABLE))
-    with pytest.raises(RetryFailure) as info:
-        await call_with_retries(outage, policy=policy, budget=budget, clock=clock, rng=rng)
-    # 4 -> 3 (retry allowed) -> 2 (not above half: the failure is returned instead of retried).
-    assert outage.calls == 2 and info.value.stop_reason == "budget_exhausted"
-    assert info.value.retry_delay is not None and 0 <= info.value.retry_delay <= policy.backoff_ceiling(2)
-    assert budget.tokens == 2
+    # Transient faults, however many: each retry succeeds and costs nothing.
+    for _ in range(50):
+        script = Script(clock, err(ErrorKind.UNAVAILABLE), err(ErrorKind.RATE_LIMITED, retry_after=1.0), "ok")
+        outcome = await call_with_retries(script, policy=policy, budget=budget, clock=clock, rng=rng)
+        assert outcome.attempts == 3
+    assert budget.failed_retries == 0
 
-    # A second request during the outage gets a single attempt.
-    second = Script(clock, err(ErrorKind.RATE_LIMITED, retry_after=1.0))
-    with pytest.raises(RetryFailure) as info:
-        await call_with_retries(second, policy=policy, budget=budget, clock=clock, rng=rng)
-    assert second.calls == 1 and info.value.stop_reason == "budget_exhausted" and info.value.retry_delay == 1.0
-    assert budget.tokens == 1
+    # A full outage: retries fail until they reach 2 + 25 % of the requests, then requests get one attempt.
+    clock.advance(60.0)
+    attempts = 0
+    for _ in range(40):
+        outage = Script(clock, err(ErrorKind.UNAVAILABLE))
+        with pytest.raises(RetryFailure) as info:
+            await call_with_retries(outage, policy=policy, budget=budget, clock=clock, rng=rng)
+        attempts += outage.calls
+        assert info.value.stop_reason in {"attempts_exhausted", "retry_budget"}
+    assert info.value.stop_reason == "retry_budget" and info.value.attempts == 1
+    assert info.value.retry_delay is not None and 0 <= info.value.retry_delay <= policy.backoff_ceiling(1)
+    assert attempts <= 1.25 * 40 + 2 + 1  # + the one retry granted just below the allowance
 
-    # Successes refill the bucket until retries are allowed again.
-    for _ in range(3):
-        await call_with_retries(Script(clock, "ok"), policy=policy, budget=budget, clock=clock, rng=rng)
-    assert budget.tokens == 2.5 and budget.allow_retry()
-    recovering = Script(clock, err(ErrorKind.UNAVAILABLE), "ok")
-    with pytest.raises(RetryFailure):
-        # 2.5 -> 1.5: still not enough.
-        await call_with_retries(recovering, policy=policy, budget=budget, clock=clock, rng=rng)
-    for _ in range(5):
-        await call_with_retries(Script(clock, "ok"), policy=policy, budget=budget, clock=clock, rng=rng)
-    assert budget.tokens == 4
+    # Once the failed retries leave the window, a transient fault is retried again.
+    clock.advance(60.0)
     recovered = Script(clock, err(ErrorKind.UNAVAILABLE), "ok")
-    outcome = await call_with_retries(recovered, policy=policy, budget=budget, clock=clock, rng=rng)
-    assert outcome.attempts == 2 and budget.tokens == 3.5
+    assert (await call_with_retries(recovered, policy=policy, budget=budget, clock=clock, rng=rng)).attempts == 2
 
 
 async def test_observer_events_in_order_and_before_sleeping() -> None:
@@ -483,7 +487,7 @@ async def test_cancelled_error_from_attempt_propagates_unretried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await call_with_retries(script, policy=RetryPolicy(), budget=budget, observer=obs, clock=clock)
     assert script.calls == 1 and obs.events == [("started", 1, 3)] and clock.sleeps == []
-    assert budget.tokens == budget.max_tokens
+    assert budget.failed_retries == 0
 
 
 async def test_cancellation_during_wait_propagates() -> None:
@@ -543,7 +547,9 @@ steps = st.tuples(
     st.none() | st.floats(0, 120),
     st.floats(0, 50),
 )
-budgets = st.none() | st.builds(RetryBudget, max_tokens=st.floats(1, 10), token_ratio=st.floats(0.01, 1))
+budgets = st.none() | st.builds(
+    RetryBudget, percent=st.floats(0, 100), min_retries=st.integers(0, 5), window=st.floats(1, 100)
+)
 PROPERTY_SETTINGS = settings(
     max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -659,21 +665,8 @@ def test_loop_respects_its_bounds(
         assert sum(e.kind is kind for e in raised) <= 2
 
     if budget is not None:
-        assert 0 <= budget.tokens <= budget.max_tokens
-
-
-@settings(max_examples=100, deadline=None, derandomize=True)
-@given(
-    outcomes=st.lists(st.booleans(), min_size=1, max_size=60),
-    max_tokens=st.floats(1, 10),
-    ratio=st.floats(0.01, 1),
-)
-def test_budget_never_allows_retry_at_or_below_half(outcomes: list[bool], max_tokens: float, ratio: float) -> None:
-    budget = RetryBudget(max_tokens, ratio)
-    for ok in outcomes:
-        if ok:
-            budget.record_success()
-        else:
-            budget.record_failure()
-        assert 0 <= budget.tokens <= max_tokens
-        assert budget.allow_retry() == (budget.tokens > max_tokens / 2)
+        # Each retry needed room in the budget; only failed retries are counted.
+        failed_retries = sum(1 for e in raised[1:] if classify(e).retryable)
+        assert budget.failed_retries <= failed_retries
+        if any(d.reason == "retry_budget" for d in decisions):
+            assert not budget.allow_retry()
