@@ -25,7 +25,7 @@ from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
 from imagegen_server.pipeline import Pipeline
-from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error
+from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error, host_port
 from imagegen_server.service import ImageGenerationServicer
 from imagegen_server.tls import CertificateFiles
 
@@ -54,7 +54,7 @@ class RunningServer:
     @property
     def target(self) -> str:
         """The ``host:port`` address for clients."""
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
@@ -174,7 +174,7 @@ def _transport(certificates: CertificateFiles | None) -> str:
 
 def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: CertificateFiles | None) -> int:
     """Bind the gRPC port, with TLS when configured; returns the bound port (the chosen one for port 0)."""
-    address = f"{config.host}:{config.port}"
+    address = host_port(config.host, config.port)
     try:
         if certificates is not None:
             port = server.add_secure_port(address, certificates.credentials())

@@ -16,6 +16,13 @@ class CannotListenError(OSError):
     """The server cannot listen on its address: the port is taken, or the host is not this machine's."""
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and clients read it: a bare IPv6 host gets brackets (``[::1]:50051``)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 def describe_bind_error(exc: OSError, host: str, port: int, *, what: str = "port", flag: str = "--port") -> str:
     """One sentence for why ``host:port`` cannot be bound (``what`` names the port, ``flag`` chooses it)."""
     if isinstance(exc, socket.gaierror):

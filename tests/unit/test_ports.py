@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error
+from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error, host_port
 
 
 def test_a_free_port_and_port_0_are_bindable() -> None:
@@ -38,3 +38,10 @@ def test_other_reasons() -> None:
     assert "ports below 1024 need privileges" in describe_bind_error(denied, "0.0.0.0", 80)
     odd = OSError(errno.EINVAL, "Invalid argument")
     assert describe_bind_error(odd, "h", 1) == "cannot listen on h:1: Invalid argument"
+
+
+def test_host_port_brackets_bare_ipv6() -> None:
+    assert host_port("127.0.0.1", 1) == "127.0.0.1:1"
+    assert host_port("::1", 2) == "[::1]:2"
+    assert host_port("[::]", 3) == "[::]:3"
+    assert host_port("localhost", 4) == "localhost:4"
