@@ -4,7 +4,7 @@
 #   2. src/gen is fresh (buf generate into a temp dir, diff)
 #   3. tsc strict build (src, tests, example)
 #   4. start the Gemini emulator and the real Python gRPC server
-#   5. buf curl: reflection lists the 5 RPCs; ListModels and Generate as JSON
+#   5. buf curl: reflection (v1 and v1alpha) lists the 5 RPCs; ListModels and Generate as JSON
 #   6. the example script against the server
 #   7. node --test: unit tests + the interop suite against the server
 #
@@ -92,13 +92,16 @@ SRV_PID=$!
 wait_port "$GRPC_PORT" "$SRV_PID" server
 
 # --- 5. generic tools: buf curl through server reflection
-echo "== buf curl --list-methods"
-methods="$("$BUF" curl --protocol grpc --http2-prior-knowledge --list-methods "http://127.0.0.1:$GRPC_PORT")"
-echo "$methods"
-for m in Generate GenerateStream Refine RefineStream ListModels; do
-  grep -qx "$SERVICE/$m" <<<"$methods" || { echo "ts-interop: buf curl did not list $SERVICE/$m" >&2; exit 1; }
+# Both reflection protocols, each forced (by default buf tries v1, then v1alpha).
+for proto in grpc-v1 grpc-v1alpha; do
+  echo "== buf curl --list-methods --reflect-protocol $proto"
+  methods="$("$BUF" curl --protocol grpc --http2-prior-knowledge --reflect-protocol "$proto" --list-methods "http://127.0.0.1:$GRPC_PORT")"
+  echo "$methods"
+  for m in Generate GenerateStream Refine RefineStream ListModels; do
+    grep -qx "$SERVICE/$m" <<<"$methods" || { echo "ts-interop: buf curl ($proto) did not list $SERVICE/$m" >&2; exit 1; }
+  done
+  echo "buf curl ($proto): all 5 methods listed"
 done
-echo "buf curl: all 5 methods listed"
 
 echo "== buf curl ListModels"
 "$BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' \

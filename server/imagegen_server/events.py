@@ -48,6 +48,7 @@ def accepted(generation_id: str, request: UpstreamRequest, max_attempts: int) ->
         generation_id=generation_id,
         seed=request.seed or 0,  # translation always sets it
         model=request.model,
+        requested_model=request.model,  # no fallback models yet
         max_attempts=max_attempts,
         aspect_ratio=request.aspect_ratio or "",
         image_size=request.image_size or "",
@@ -105,6 +106,7 @@ def generation(
         generation_id=generation_id,
         seed=request.seed or 0,
         model=request.model,
+        requested_model=request.model,  # no fallback models yet: always the model that answered
         model_version=result.model_version,
         attempts=attempts,
         inference_time=errors.duration(elapsed),
@@ -119,19 +121,21 @@ def generation(
         ),
         aspect_ratio=request.aspect_ratio or "",
         image_size=request.image_size or "",
-        model_turn=model_turn(result),
+        model_turn=model_turn(result, generation_id),
         request_id=request_id,
         response_id=result.response_id,
     )
 
 
-def model_turn(result: UpstreamResult) -> image_pb2.Turn:
+def model_turn(result: UpstreamResult, generation_id: str) -> image_pb2.Turn:
     """The model turn to send back in a later Refine's history (signatures kept)."""
     turn = image_pb2.Turn(role=image_pb2.ROLE_MODEL)
     for part in result.parts:
         out = turn.parts.add(thought_signature=part.thought_signature or b"", thought=part.thought)
         if part.image is not None and part.image.data == result.image.data:
-            # The final image: its bytes travel once, in Generation.image (see the proto).
+            # The final image: its bytes travel once, in Generation.image; the part
+            # says whose (a Refine request brings them back in history_images).
+            out.image_generation_id = generation_id
             out.image.mime_type = part.image.mime_type
             out.image.width, out.image.height = result.width, result.height
         elif part.image is not None:

@@ -21,6 +21,7 @@ from imagegen_server import errors
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.events import Event, StreamMessage, stream_message
+from imagegen_server.history import with_history_images
 from imagegen_server.models import MODELS
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.validation import GenerationMessage
@@ -44,7 +45,8 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServiceServicer):
 
     async def Refine(self, request: pb.RefineRequest, context: Ctx) -> pb.RefineResponse:
         """Edit an image given the conversation history."""
-        generation = await self._final(request, context, "Refine", request.history)
+        history = with_history_images(request.history, request.history_images)
+        generation = await self._final(request, context, "Refine", history)
         return pb.RefineResponse(generation=generation)
 
     async def GenerateStream(
@@ -58,7 +60,8 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServiceServicer):
         self, request: pb.RefineStreamRequest, context: Ctx
     ) -> AsyncIterator[pb.RefineStreamResponse]:
         """Refine with progress events."""
-        async for msg in self._stream(request, context, "Refine", request.history, pb.RefineStreamResponse):
+        history = with_history_images(request.history, request.history_images)
+        async for msg in self._stream(request, context, "Refine", history, pb.RefineStreamResponse):
             yield msg
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:

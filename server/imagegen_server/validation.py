@@ -189,7 +189,10 @@ def _check_image(
     if not image.data:
         hint = ""
         if path.startswith("history["):
-            hint = " (a Generation.model_turn omits the final image's bytes: copy them from Generation.image.data)"
+            hint = (
+                " (Generation.model_turn sends the final image's part without its bytes: pass that Generation.image"
+                " in history_images[Generation.generation_id], or its bytes here)"
+            )
         bad.append(FieldViolation(f"{path}.data", "must not be empty" + hint))
         return None
     if len(image.data) > config.max_input_image_bytes:
@@ -272,7 +275,19 @@ def _check_part(
     if which == "text":
         return Part(text=part.text, thought=part.thought, thought_signature=signature)
     if which == "image":
-        image = _check_image(part.image, f"{path}.image", config, bad)
+        if not part.image.data and part.image_generation_id:
+            # A model turn passed back as returned, without the image it refers to.
+            key = part.image_generation_id[:200]
+            bad.append(
+                FieldViolation(
+                    f"{path}.image.data",
+                    f"empty: this part refers to the image of generation {key!r}; put that Generation.image "
+                    f"in history_images[{key!r}] (or its bytes in this part's image.data)",
+                )
+            )
+            image = None
+        else:
+            image = _check_image(part.image, f"{path}.image", config, bad)
         _check_signature(part, path, role, spec, bad)
         return None if image is None else Part(image=image, thought=part.thought, thought_signature=signature)
     bad.append(FieldViolation(path, "a part needs text or an image"))

@@ -50,8 +50,8 @@ def details_of(err: grpc.aio.AioRpcError) -> Details:
 
 
 def history_turn(generation: image_pb2.Generation) -> image_pb2.Turn:
-    """``generation.model_turn`` with the final image's bytes filled in, as a
-    raw-proto caller must do before a Refine (the SDKs do it for you)."""
+    """``generation.model_turn`` with the final image's bytes filled in: one of the two
+    ways a raw-proto caller may pass it back (the other is ``RefineRequest.history_images``)."""
     turn = image_pb2.Turn()
     turn.CopyFrom(generation.model_turn)
     for part in turn.parts:

@@ -221,4 +221,5 @@ async def test_model_turn_without_its_image_bytes_is_rejected_with_a_hint(stub: 
         await stub.Refine(pb.RefineRequest(prompt="make it blue", history=history))
     fields = details_of(info.value).fields
     (field,) = [f for f in fields if f.startswith("history[1]")]
-    assert field.endswith(".image.data") and "Generation.image.data" in fields[field]
+    assert field.endswith(".image.data")
+    assert f"history_images[{first.generation_id!r}]" in fields[field], fields[field]

@@ -109,7 +109,7 @@ def test_generation_carries_request_result_and_ids() -> None:
 
 
 def test_model_turn_keeps_signatures_and_sends_the_final_image_once() -> None:
-    turn = events.model_turn(result())
+    turn = events.model_turn(result(), "gen-7")
     assert turn.role == image_pb2.ROLE_MODEL
     text, draft, final = turn.parts
     assert (text.text, text.thought_signature) == ("here you go", b"sig-text")
@@ -117,6 +117,9 @@ def test_model_turn_keeps_signatures_and_sends_the_final_image_once() -> None:
     # The final image's bytes travel in Generation.image only.
     assert final.image.data == b"" and final.thought_signature == b"sig-final"
     assert (final.image.mime_type, final.image.width, final.image.height) == ("image/png", 6, 4)
+    # ...and the part says whose Generation.image holds them; no other part refers anywhere.
+    assert final.image_generation_id == "gen-7"
+    assert text.image_generation_id == draft.image_generation_id == ""
 
 
 @pytest.mark.parametrize(

@@ -79,11 +79,18 @@ export interface RefineParams extends GenerationParams {
   /**
    * The conversation so far, oldest first: the user turns you sent and each
    * `generation.modelTurn` exactly as returned (its thought signatures must
-   * come back byte for byte). {@link userTurn} builds a user turn.
+   * come back byte for byte). {@link userTurn} builds a user turn. Turns from
+   * this client carry their image bytes; a turn from `client.raw` does not,
+   * so pass its generation's image in {@link historyImages}.
    */
   history: TurnInit[];
   /** Optional extra images for this turn. */
   inputImages?: ImageInput[];
+  /**
+   * `Generation.image` of each generation whose raw `modelTurn` is in the
+   * history, keyed by `generationId` (see `RefineRequest.history_images`).
+   */
+  historyImages?: { [generationId: string]: MessageInitShape<typeof ImageSchema> };
 }
 
 /** Per-call options. */
@@ -262,6 +269,7 @@ export class ImagegenClient {
         {
           prompt: params.prompt,
           history: params.history,
+          historyImages: params.historyImages ?? {},
           inputImages: (params.inputImages ?? []).map(toImage),
           options: toOptions(params),
         },
@@ -300,6 +308,7 @@ export class ImagegenClient {
         {
           prompt: params.prompt,
           history: params.history,
+          historyImages: params.historyImages ?? {},
           inputImages: (params.inputImages ?? []).map(toImage),
           options: toOptions(params),
         },

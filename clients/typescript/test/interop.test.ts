@@ -130,6 +130,37 @@ describe("interop with the Python server", { skip }, () => {
     assert.ok(bare.data.value.data === gen.image!.data);
   });
 
+  it("raw stubs: model turns go back verbatim, their images once in historyImages", async () => {
+    const first = (await client.raw.generate({ prompt: "a red fox", options: { model: SIGNING_MODEL } })).generation!;
+    const part = first.modelTurn!.parts.find((p) => p.data.case === "image" && !p.thought);
+    assert.ok(part?.data.case === "image" && part.data.value.data.length === 0);
+    assert.equal(part.imageGenerationId, first.generationId);
+    const history: Turn[] = [userTurn("a red fox"), first.modelTurn!];
+    const historyImages = { [first.generationId]: first.image! };
+    const second = (
+      await client.raw.refine({ prompt: "make it night", history, historyImages, options: { model: SIGNING_MODEL } })
+    ).generation!;
+    assertImage(second);
+    // Turn 3 through the stream: both model turns as returned, each image once.
+    history.push(userTurn("make it night"), second.modelTurn!);
+    historyImages[second.generationId] = second.image!;
+    let last: string | undefined;
+    for await (const res of client.raw.refineStream({
+      prompt: "add a moon",
+      history,
+      historyImages,
+      options: { model: SIGNING_MODEL },
+    })) {
+      last = res.event.case;
+    }
+    assert.equal(last, "completed");
+    // Without the image, the violation says which key to set.
+    const err = await expectError(client.refine({ prompt: "again", history: [userTurn("a red fox"), first.modelTurn!] }));
+    assert.ok(err instanceof InvalidRequestError, err.name);
+    const violation = err.fieldViolations.find((v) => v.field === "history[1].parts[1].image.data");
+    assert.ok(violation?.description.includes(`history_images['${first.generationId}']`), violation?.description);
+  });
+
   it("GenerateStream reports a scripted 429, the retry, and the image", async () => {
     const marker = await scenario(["rate_limit:0.2", "ok"]);
     const events: StreamEvent[] = [];

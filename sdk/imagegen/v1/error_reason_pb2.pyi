@@ -175,8 +175,10 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     Metadata keys (lowerCamel, string values) that any reason may carry:
     `generationId` (the server's id for the request, also in its logs),
     `requestId` (the caller's idempotency key, when given) and, after upstream
-    calls, `attempts`, `httpStatus` and `upstreamStatus`. Keys specific to a
-    reason are listed with it.
+    calls, `attempts`, `httpStatus`, `upstreamStatus` and `stopReason` (why
+    retrying stopped: a `RetryStopReason` name without prefix, in lower case,
+    such as `retry_budget`; sent by servers that report it). Keys specific to
+    a reason are listed with it.
 
     Each value names the gRPC status code it always comes with and the other
     `google.rpc` details it carries. Values marked "Reserved for" are not sent

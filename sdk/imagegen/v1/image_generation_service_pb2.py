@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from imagegen.v1 import image_pb2 as imagegen_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*imagegen/v1/image_generation_service.proto\x12\x0bimagegen.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17imagegen/v1/image.proto\"\xc5\x01\n\x11GenerationOptions\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06height\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61spect_ratio\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nimage_size\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nrequest_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_seed\"\x8e\x01\n\x0fGenerateRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"?\n\x10GenerateResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\x94\x01\n\x15GenerateStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"\xb6\x01\n\rRefineRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"=\n\x0eRefineResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\xbc\x01\n\x13RefineStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"~\n\x08\x41\x63\x63\x65pted\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\nimage_size\x18\x06 \x01(\t\"7\n\x0e\x41ttemptStarted\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"\x93\x01\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nwill_retry\x18\x06 \x01(\x08\"7\n\tHeartbeat\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x07Preview\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\r\n\x05index\x18\x02 \x01(\x05\"\xbe\x02\n\x16GenerateStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\xbc\x02\n\x14RefineStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.imagegen.v1.ModelInfo2\xc4\x04\n\x16ImageGenerationService\x12g\n\x08Generate\x12\x1c.imagegen.v1.GenerateRequest\x1a\x1d.imagegen.v1.GenerateResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/images:generate:\x01*\x12\x81\x01\n\x0eGenerateStream\x12\".imagegen.v1.GenerateStreamRequest\x1a#.imagegen.v1.GenerateStreamResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/images:generateStream:\x01*0\x01\x12_\n\x06Refine\x12\x1a.imagegen.v1.RefineRequest\x1a\x1b.imagegen.v1.RefineResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/images:refine:\x01*\x12y\n\x0cRefineStream\x12 .imagegen.v1.RefineStreamRequest\x1a!.imagegen.v1.RefineStreamResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/images:refineStream:\x01*0\x01\x12\x61\n\nListModels\x12\x1e.imagegen.v1.ListModelsRequest\x1a\x1f.imagegen.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsBz\n\x0f\x64\x65v.imagegen.v1B\x1bImageGenerationServiceProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*imagegen/v1/image_generation_service.proto\x12\x0bimagegen.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17imagegen/v1/image.proto\"\xeb\x01\n\x11GenerationOptions\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06height\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61spect_ratio\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nimage_size\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\x04seed\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x18\n\nrequest_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x12$\n\x16\x64isable_model_fallback\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x07\n\x05_seed\"\x8e\x01\n\x0fGenerateRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"?\n\x10GenerateResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\x94\x01\n\x15GenerateStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x02 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\"\xcd\x02\n\rRefineRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\x12K\n\x0ehistory_images\x18\x05 \x03(\x0b\x32-.imagegen.v1.RefineRequest.HistoryImagesEntryB\x04\xe2\x41\x01\x01\x1aH\n\x12HistoryImagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.imagegen.v1.Image:\x02\x38\x01\"=\n\x0eRefineResponse\x12+\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.imagegen.v1.Generation\"\xd9\x02\n\x13RefineStreamRequest\x12\x14\n\x06prompt\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x07history\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.TurnB\x04\xe2\x41\x01\x02\x12.\n\x0cinput_images\x18\x03 \x03(\x0b\x32\x12.imagegen.v1.ImageB\x04\xe2\x41\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imagegen.v1.GenerationOptionsB\x04\xe2\x41\x01\x01\x12Q\n\x0ehistory_images\x18\x05 \x03(\x0b\x32\x33.imagegen.v1.RefineStreamRequest.HistoryImagesEntryB\x04\xe2\x41\x01\x01\x1aH\n\x12HistoryImagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.imagegen.v1.Image:\x02\x38\x01\"\xe6\x01\n\x08\x41\x63\x63\x65pted\x12\x15\n\rgeneration_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\nimage_size\x18\x06 \x01(\t\x12\x17\n\x0frequested_model\x18\x07 \x01(\t\x12\x34\n\x0f\x66\x61llback_reason\x18\x08 \x01(\x0e\x32\x1b.imagegen.v1.FallbackReason\x12\x17\n\x0f\x66\x61llback_models\x18\t \x03(\t\"7\n\x0e\x41ttemptStarted\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\x05\"\xc6\x01\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nwill_retry\x18\x06 \x01(\x08\x12\x31\n\x0bstop_reason\x18\x07 \x01(\x0e\x32\x1c.imagegen.v1.RetryStopReason\"b\n\rModelFallback\x12\x12\n\nfrom_model\x18\x01 \x01(\t\x12\x10\n\x08to_model\x18\x02 \x01(\t\x12+\n\x06reason\x18\x03 \x01(\x0e\x32\x1b.imagegen.v1.FallbackReason\"7\n\tHeartbeat\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x07Preview\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\r\n\x05index\x18\x02 \x01(\x05\"\xf4\x02\n\x16GenerateStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x12\x34\n\x0emodel_fallback\x18\x07 \x01(\x0b\x32\x1a.imagegen.v1.ModelFallbackH\x00\x42\x07\n\x05\x65vent\"\xf2\x02\n\x14RefineStreamResponse\x12)\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x15.imagegen.v1.AcceptedH\x00\x12\x36\n\x0f\x61ttempt_started\x18\x02 \x01(\x0b\x32\x1b.imagegen.v1.AttemptStartedH\x00\x12\x34\n\x0e\x61ttempt_failed\x18\x03 \x01(\x0b\x32\x1a.imagegen.v1.AttemptFailedH\x00\x12+\n\theartbeat\x18\x04 \x01(\x0b\x32\x16.imagegen.v1.HeartbeatH\x00\x12\'\n\x07preview\x18\x05 \x01(\x0b\x32\x14.imagegen.v1.PreviewH\x00\x12,\n\tcompleted\x18\x06 \x01(\x0b\x32\x17.imagegen.v1.GenerationH\x00\x12\x34\n\x0emodel_fallback\x18\x07 \x01(\x0b\x32\x1a.imagegen.v1.ModelFallbackH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.imagegen.v1.ModelInfo*\xeb\x01\n\x0fRetryStopReason\x12!\n\x1dRETRY_STOP_REASON_UNSPECIFIED\x10\x00\x12(\n$RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED\x10\x01\x12\x1e\n\x1aRETRY_STOP_REASON_DEADLINE\x10\x02\x12\"\n\x1eRETRY_STOP_REASON_RETRY_BUDGET\x10\x03\x12\"\n\x1eRETRY_STOP_REASON_CIRCUIT_OPEN\x10\x04\x12#\n\x1fRETRY_STOP_REASON_NOT_RETRYABLE\x10\x05\x32\xc4\x04\n\x16ImageGenerationService\x12g\n\x08Generate\x12\x1c.imagegen.v1.GenerateRequest\x1a\x1d.imagegen.v1.GenerateResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/images:generate:\x01*\x12\x81\x01\n\x0eGenerateStream\x12\".imagegen.v1.GenerateStreamRequest\x1a#.imagegen.v1.GenerateStreamResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/images:generateStream:\x01*0\x01\x12_\n\x06Refine\x12\x1a.imagegen.v1.RefineRequest\x1a\x1b.imagegen.v1.RefineResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/images:refine:\x01*\x12y\n\x0cRefineStream\x12 .imagegen.v1.RefineStreamRequest\x1a!.imagegen.v1.RefineStreamResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/images:refineStream:\x01*0\x01\x12\x61\n\nListModels\x12\x1e.imagegen.v1.ListModelsRequest\x1a\x1f.imagegen.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsBz\n\x0f\x64\x65v.imagegen.v1B\x1bImageGenerationServiceProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONOPTIONS'].fields_by_name['seed']._serialized_options = b'\342A\001\001'
   _globals['_GENERATIONOPTIONS'].fields_by_name['request_id']._loaded_options = None
   _globals['_GENERATIONOPTIONS'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_GENERATIONOPTIONS'].fields_by_name['disable_model_fallback']._loaded_options = None
+  _globals['_GENERATIONOPTIONS'].fields_by_name['disable_model_fallback']._serialized_options = b'\342A\001\001'
   _globals['_GENERATEREQUEST'].fields_by_name['prompt']._loaded_options = None
   _globals['_GENERATEREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
   _globals['_GENERATEREQUEST'].fields_by_name['input_images']._loaded_options = None
@@ -62,6 +64,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
   _globals['_GENERATESTREAMREQUEST'].fields_by_name['options']._loaded_options = None
   _globals['_GENERATESTREAMREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_REFINEREQUEST_HISTORYIMAGESENTRY']._loaded_options = None
+  _globals['_REFINEREQUEST_HISTORYIMAGESENTRY']._serialized_options = b'8\001'
   _globals['_REFINEREQUEST'].fields_by_name['prompt']._loaded_options = None
   _globals['_REFINEREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
   _globals['_REFINEREQUEST'].fields_by_name['history']._loaded_options = None
@@ -70,6 +74,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFINEREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
   _globals['_REFINEREQUEST'].fields_by_name['options']._loaded_options = None
   _globals['_REFINEREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_REFINEREQUEST'].fields_by_name['history_images']._loaded_options = None
+  _globals['_REFINEREQUEST'].fields_by_name['history_images']._serialized_options = b'\342A\001\001'
+  _globals['_REFINESTREAMREQUEST_HISTORYIMAGESENTRY']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST_HISTORYIMAGESENTRY']._serialized_options = b'8\001'
   _globals['_REFINESTREAMREQUEST'].fields_by_name['prompt']._loaded_options = None
   _globals['_REFINESTREAMREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\002'
   _globals['_REFINESTREAMREQUEST'].fields_by_name['history']._loaded_options = None
@@ -78,6 +86,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFINESTREAMREQUEST'].fields_by_name['input_images']._serialized_options = b'\342A\001\001'
   _globals['_REFINESTREAMREQUEST'].fields_by_name['options']._loaded_options = None
   _globals['_REFINESTREAMREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['history_images']._loaded_options = None
+  _globals['_REFINESTREAMREQUEST'].fields_by_name['history_images']._serialized_options = b'\342A\001\001'
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Generate']._loaded_options = None
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['Generate']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/images:generate:\001*'
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['GenerateStream']._loaded_options = None
@@ -88,38 +98,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['RefineStream']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/images:refineStream:\001*'
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_IMAGEGENERATIONSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
+  _globals['_RETRYSTOPREASON']._serialized_start=3066
+  _globals['_RETRYSTOPREASON']._serialized_end=3301
   _globals['_GENERATIONOPTIONS']._serialized_start=180
-  _globals['_GENERATIONOPTIONS']._serialized_end=377
-  _globals['_GENERATEREQUEST']._serialized_start=380
-  _globals['_GENERATEREQUEST']._serialized_end=522
-  _globals['_GENERATERESPONSE']._serialized_start=524
-  _globals['_GENERATERESPONSE']._serialized_end=587
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=590
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=738
-  _globals['_REFINEREQUEST']._serialized_start=741
-  _globals['_REFINEREQUEST']._serialized_end=923
-  _globals['_REFINERESPONSE']._serialized_start=925
-  _globals['_REFINERESPONSE']._serialized_end=986
-  _globals['_REFINESTREAMREQUEST']._serialized_start=989
-  _globals['_REFINESTREAMREQUEST']._serialized_end=1177
-  _globals['_ACCEPTED']._serialized_start=1179
-  _globals['_ACCEPTED']._serialized_end=1305
-  _globals['_ATTEMPTSTARTED']._serialized_start=1307
-  _globals['_ATTEMPTSTARTED']._serialized_end=1362
-  _globals['_ATTEMPTFAILED']._serialized_start=1365
-  _globals['_ATTEMPTFAILED']._serialized_end=1512
-  _globals['_HEARTBEAT']._serialized_start=1514
-  _globals['_HEARTBEAT']._serialized_end=1569
-  _globals['_PREVIEW']._serialized_start=1571
-  _globals['_PREVIEW']._serialized_end=1630
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1633
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1951
-  _globals['_REFINESTREAMRESPONSE']._serialized_start=1954
-  _globals['_REFINESTREAMRESPONSE']._serialized_end=2270
-  _globals['_LISTMODELSREQUEST']._serialized_start=2272
-  _globals['_LISTMODELSREQUEST']._serialized_end=2291
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2293
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2353
-  _globals['_IMAGEGENERATIONSERVICE']._serialized_start=2356
-  _globals['_IMAGEGENERATIONSERVICE']._serialized_end=2936
+  _globals['_GENERATIONOPTIONS']._serialized_end=415
+  _globals['_GENERATEREQUEST']._serialized_start=418
+  _globals['_GENERATEREQUEST']._serialized_end=560
+  _globals['_GENERATERESPONSE']._serialized_start=562
+  _globals['_GENERATERESPONSE']._serialized_end=625
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=628
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=776
+  _globals['_REFINEREQUEST']._serialized_start=779
+  _globals['_REFINEREQUEST']._serialized_end=1112
+  _globals['_REFINEREQUEST_HISTORYIMAGESENTRY']._serialized_start=1040
+  _globals['_REFINEREQUEST_HISTORYIMAGESENTRY']._serialized_end=1112
+  _globals['_REFINERESPONSE']._serialized_start=1114
+  _globals['_REFINERESPONSE']._serialized_end=1175
+  _globals['_REFINESTREAMREQUEST']._serialized_start=1178
+  _globals['_REFINESTREAMREQUEST']._serialized_end=1523
+  _globals['_REFINESTREAMREQUEST_HISTORYIMAGESENTRY']._serialized_start=1040
+  _globals['_REFINESTREAMREQUEST_HISTORYIMAGESENTRY']._serialized_end=1112
+  _globals['_ACCEPTED']._serialized_start=1526
+  _globals['_ACCEPTED']._serialized_end=1756
+  _globals['_ATTEMPTSTARTED']._serialized_start=1758
+  _globals['_ATTEMPTSTARTED']._serialized_end=1813
+  _globals['_ATTEMPTFAILED']._serialized_start=1816
+  _globals['_ATTEMPTFAILED']._serialized_end=2014
+  _globals['_MODELFALLBACK']._serialized_start=2016
+  _globals['_MODELFALLBACK']._serialized_end=2114
+  _globals['_HEARTBEAT']._serialized_start=2116
+  _globals['_HEARTBEAT']._serialized_end=2171
+  _globals['_PREVIEW']._serialized_start=2173
+  _globals['_PREVIEW']._serialized_end=2232
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=2235
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=2607
+  _globals['_REFINESTREAMRESPONSE']._serialized_start=2610
+  _globals['_REFINESTREAMRESPONSE']._serialized_end=2980
+  _globals['_LISTMODELSREQUEST']._serialized_start=2982
+  _globals['_LISTMODELSREQUEST']._serialized_end=3001
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3003
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3063
+  _globals['_IMAGEGENERATIONSERVICE']._serialized_start=3304
+  _globals['_IMAGEGENERATIONSERVICE']._serialized_end=3884
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from imagegen.v1 import image_pb2 as _image_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,57 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RetryStopReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetryStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetryStopReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETRY_STOP_REASON_UNSPECIFIED: _RetryStopReason.ValueType  # 0
+    """Default value: retrying continues, or the server did not say."""
+    RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED: _RetryStopReason.ValueType  # 1
+    """The request used all the attempts its retry policy allows."""
+    RETRY_STOP_REASON_DEADLINE: _RetryStopReason.ValueType  # 2
+    """The next wait would pass the caller's deadline (or the server's maximum
+    call duration).
+    """
+    RETRY_STOP_REASON_RETRY_BUDGET: _RetryStopReason.ValueType  # 3
+    """The server's retry budget, which bounds retries across all requests
+    during an upstream outage, allowed no further retry.
+    """
+    RETRY_STOP_REASON_CIRCUIT_OPEN: _RetryStopReason.ValueType  # 4
+    """The model's circuit breaker is open: further calls would fail anyway."""
+    RETRY_STOP_REASON_NOT_RETRYABLE: _RetryStopReason.ValueType  # 5
+    """The failure is not one a retry can fix (a bad argument, blocked content,
+    a per-day quota).
+    """
+
+class RetryStopReason(_RetryStopReason, metaclass=_RetryStopReasonEnumTypeWrapper):
+    """Why the server stopped retrying an upstream failure. In ErrorInfo metadata
+    `stopReason` the value is the name without its prefix, in lower case:
+    RETRY_STOP_REASON_RETRY_BUDGET is `retry_budget`.
+    """
+
+RETRY_STOP_REASON_UNSPECIFIED: RetryStopReason.ValueType  # 0
+"""Default value: retrying continues, or the server did not say."""
+RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED: RetryStopReason.ValueType  # 1
+"""The request used all the attempts its retry policy allows."""
+RETRY_STOP_REASON_DEADLINE: RetryStopReason.ValueType  # 2
+"""The next wait would pass the caller's deadline (or the server's maximum
+call duration).
+"""
+RETRY_STOP_REASON_RETRY_BUDGET: RetryStopReason.ValueType  # 3
+"""The server's retry budget, which bounds retries across all requests
+during an upstream outage, allowed no further retry.
+"""
+RETRY_STOP_REASON_CIRCUIT_OPEN: RetryStopReason.ValueType  # 4
+"""The model's circuit breaker is open: further calls would fail anyway."""
+RETRY_STOP_REASON_NOT_RETRYABLE: RetryStopReason.ValueType  # 5
+"""The failure is not one a retry can fix (a bad argument, blocked content,
+a per-day quota).
+"""
+Global___RetryStopReason: _TypeAlias = RetryStopReason  # noqa: Y015
 
 @_typing.final
 class GenerationOptions(_message.Message):
@@ -33,6 +85,7 @@ class GenerationOptions(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DISABLE_MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model id. Empty means the server's default model (see ListModels)."""
     width: _builtins.int
@@ -61,6 +114,12 @@ class GenerationOptions(_message.Message):
     `completed` event). Failures are not remembered. Reusing an id for a different
     request is INVALID_ARGUMENT.
     """
+    disable_model_fallback: _builtins.bool
+    """Forbid answering with a fallback model: when the requested model is
+    overloaded, the request fails instead (with the error the model gave).
+    Without it, servers configured with fallback models may use them; the
+    result says so in `Generation.fallback_reason`.
+    """
     def __init__(
         self,
         *,
@@ -71,10 +130,11 @@ class GenerationOptions(_message.Message):
         image_size: _builtins.str = ...,
         seed: _builtins.int | None = ...,
         request_id: _builtins.str = ...,
+        disable_model_fallback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "height", b"height", "image_size", b"image_size", "model", b"model", "request_id", b"request_id", "seed", b"seed", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "disable_model_fallback", b"disable_model_fallback", "height", b"height", "image_size", b"image_size", "model", b"model", "request_id", b"request_id", "seed", b"seed", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -180,17 +240,40 @@ class RefineRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HistoryImagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _image_pb2.Image: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _image_pb2.Image | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROMPT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     INPUT_IMAGES_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    HISTORY_IMAGES_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Required. The edit to make, for example "make it night"."""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Turn]:
         """Required. The conversation so far, oldest first: user turns and model
-        turns (use `Generation.model_turn` as returned). Model image parts keep
-        their thought signatures byte for byte.
+        turns. A model turn is `Generation.model_turn` exactly as returned (model
+        parts keep their thought signatures byte for byte); put that
+        Generation's `image` in `history_images` under its `generation_id`.
         """
 
     @_builtins.property
@@ -201,6 +284,15 @@ class RefineRequest(_message.Message):
     def options(self) -> Global___GenerationOptions:
         """Model, size, seed and idempotency options."""
 
+    @_builtins.property
+    def history_images(self) -> _containers.MessageMap[_builtins.str, _image_pb2.Image]:
+        """The final images of the generations whose `model_turn` is in `history`,
+        keyed by `Generation.generation_id`: each `Generation.image` as returned.
+        A history part with `image_generation_id` set and empty `image.data` takes
+        its bytes from here, so each image travels once. Not needed for parts
+        that carry their bytes; entries no part refers to are ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -208,10 +300,11 @@ class RefineRequest(_message.Message):
         history: _abc.Iterable[_image_pb2.Turn] | None = ...,
         input_images: _abc.Iterable[_image_pb2.Image] | None = ...,
         options: Global___GenerationOptions | None = ...,
+        history_images: _abc.Mapping[_builtins.str, _image_pb2.Image] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "input_images", b"input_images", "options", b"options", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "history_images", b"history_images", "input_images", b"input_images", "options", b"options", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,15 +340,39 @@ class RefineStreamRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HistoryImagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _image_pb2.Image: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _image_pb2.Image | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROMPT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     INPUT_IMAGES_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    HISTORY_IMAGES_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Required. The edit to make."""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Turn]:
-        """Required. The conversation so far, oldest first."""
+        """Required. The conversation so far, oldest first (see
+        `RefineRequest.history`).
+        """
 
     @_builtins.property
     def input_images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
@@ -265,6 +382,12 @@ class RefineStreamRequest(_message.Message):
     def options(self) -> Global___GenerationOptions:
         """Model, size, seed and idempotency options."""
 
+    @_builtins.property
+    def history_images(self) -> _containers.MessageMap[_builtins.str, _image_pb2.Image]:
+        """The images the history's model turns refer to (see
+        `RefineRequest.history_images`).
+        """
+
     def __init__(
         self,
         *,
@@ -272,10 +395,11 @@ class RefineStreamRequest(_message.Message):
         history: _abc.Iterable[_image_pb2.Turn] | None = ...,
         input_images: _abc.Iterable[_image_pb2.Image] | None = ...,
         options: Global___GenerationOptions | None = ...,
+        history_images: _abc.Mapping[_builtins.str, _image_pb2.Image] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "input_images", b"input_images", "options", b"options", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "history_images", b"history_images", "input_images", b"input_images", "options", b"options", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,6 +417,9 @@ class Accepted(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     ASPECT_RATIO_FIELD_NUMBER: _builtins.int
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
+    REQUESTED_MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACK_REASON_FIELD_NUMBER: _builtins.int
+    FALLBACK_MODELS_FIELD_NUMBER: _builtins.int
     generation_id: _builtins.str
     """Server-assigned identifier of this generation."""
     seed: _builtins.int
@@ -305,6 +432,22 @@ class Accepted(_message.Message):
     """The aspect ratio that will be requested."""
     image_size: _builtins.str
     """The size tier that will be requested (empty for models without tiers)."""
+    requested_model: _builtins.str
+    """The model the request asked for (or the server's default). Differs from
+    `model` when the request starts on a fallback model (the requested
+    model's circuit is open); see `fallback_reason`.
+    """
+    fallback_reason: _image_pb2.FallbackReason.ValueType
+    """Why `model` is not `requested_model`; FALLBACK_REASON_UNSPECIFIED when
+    it is.
+    """
+    @_builtins.property
+    def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models that may serve the request, in order, if `model` is
+        overloaded. Empty when the server has none for it or the request set
+        `disable_model_fallback`.
+        """
+
     def __init__(
         self,
         *,
@@ -314,10 +457,13 @@ class Accepted(_message.Message):
         max_attempts: _builtins.int = ...,
         aspect_ratio: _builtins.str = ...,
         image_size: _builtins.str = ...,
+        requested_model: _builtins.str = ...,
+        fallback_reason: _image_pb2.FallbackReason.ValueType = ...,
+        fallback_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratio", b"aspect_ratio", "generation_id", b"generation_id", "image_size", b"image_size", "max_attempts", b"max_attempts", "model", b"model", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratio", b"aspect_ratio", "fallback_models", b"fallback_models", "fallback_reason", b"fallback_reason", "generation_id", b"generation_id", "image_size", b"image_size", "max_attempts", b"max_attempts", "model", b"model", "requested_model", b"requested_model", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +507,7 @@ class AttemptFailed(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     RETRY_DELAY_FIELD_NUMBER: _builtins.int
     WILL_RETRY_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """1-based attempt number."""
     code: _builtins.int
@@ -375,6 +522,15 @@ class AttemptFailed(_message.Message):
     """Human-readable description of the failure."""
     will_retry: _builtins.bool
     """True when another attempt will follow."""
+    stop_reason: Global___RetryStopReason.ValueType
+    """Why no further attempt follows, when `will_retry` is false;
+    RETRY_STOP_REASON_UNSPECIFIED while it is true (and from servers that do
+    not report it). A final error carries the same reason in its ErrorInfo
+    metadata `stopReason`. When a model's circuit is open, the server makes
+    no upstream call: it reports an AttemptFailed with `reason`
+    `CIRCUIT_OPEN`, this set to RETRY_STOP_REASON_CIRCUIT_OPEN and
+    `retry_delay` the time until the circuit's half-open probe.
+    """
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
         """How long the server will wait before the next attempt (zero when it
@@ -390,14 +546,48 @@ class AttemptFailed(_message.Message):
         message: _builtins.str = ...,
         retry_delay: _duration_pb2.Duration | None = ...,
         will_retry: _builtins.bool = ...,
+        stop_reason: Global___RetryStopReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_delay", b"retry_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "code", b"code", "message", b"message", "reason", b"reason", "retry_delay", b"retry_delay", "will_retry", b"will_retry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "code", b"code", "message", b"message", "reason", b"reason", "retry_delay", b"retry_delay", "stop_reason", b"stop_reason", "will_retry", b"will_retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttemptFailed: _TypeAlias = AttemptFailed  # noqa: Y015
+
+@_typing.final
+class ModelFallback(_message.Message):
+    """The request moved to a fallback model: the requested model is overloaded
+    and another model will serve it. Sent before the new model's first
+    attempt; `Generation.model` then names the model that answered.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_MODEL_FIELD_NUMBER: _builtins.int
+    TO_MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    from_model: _builtins.str
+    """The model that was given up on."""
+    to_model: _builtins.str
+    """The model that will be tried next."""
+    reason: _image_pb2.FallbackReason.ValueType
+    """Why the server switched."""
+    def __init__(
+        self,
+        *,
+        from_model: _builtins.str = ...,
+        to_model: _builtins.str = ...,
+        reason: _image_pb2.FallbackReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_model", b"from_model", "reason", b"reason", "to_model", b"to_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
@@ -467,6 +657,7 @@ class GenerateStreamResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     PREVIEW_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___Accepted:
         """First event: the request was accepted."""
@@ -491,6 +682,10 @@ class GenerateStreamResponse(_message.Message):
     def completed(self) -> _image_pb2.Generation:
         """Last event on success: the generated image."""
 
+    @_builtins.property
+    def model_fallback(self) -> Global___ModelFallback:
+        """The request moved to a fallback model."""
+
     def __init__(
         self,
         *,
@@ -500,12 +695,13 @@ class GenerateStreamResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         preview: Global___Preview | None = ...,
         completed: _image_pb2.Generation | None = ...,
+        model_fallback: Global___ModelFallback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "preview", b"preview"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "preview", b"preview"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "preview", b"preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "attempt_failed", "heartbeat", "preview", "completed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "attempt_failed", "heartbeat", "preview", "completed", "model_fallback"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -523,6 +719,7 @@ class RefineStreamResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     PREVIEW_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    MODEL_FALLBACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___Accepted:
         """First event: the request was accepted."""
@@ -547,6 +744,10 @@ class RefineStreamResponse(_message.Message):
     def completed(self) -> _image_pb2.Generation:
         """Last event on success: the edited image."""
 
+    @_builtins.property
+    def model_fallback(self) -> Global___ModelFallback:
+        """The request moved to a fallback model."""
+
     def __init__(
         self,
         *,
@@ -556,12 +757,13 @@ class RefineStreamResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         preview: Global___Preview | None = ...,
         completed: _image_pb2.Generation | None = ...,
+        model_fallback: Global___ModelFallback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "preview", b"preview"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "preview", b"preview"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "completed", b"completed", "event", b"event", "heartbeat", b"heartbeat", "model_fallback", b"model_fallback", "preview", b"preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "attempt_failed", "heartbeat", "preview", "completed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "attempt_failed", "heartbeat", "preview", "completed", "model_fallback"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

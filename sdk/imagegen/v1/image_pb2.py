@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagegen/v1/image.proto\x12\x0bimagegen.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"Y\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\tmime_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\"o\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.imagegen.v1.ImageH\x00\x12\x19\n\x11thought_signature\x18\x03 \x01(\x0c\x12\x0f\n\x07thought\x18\x04 \x01(\x08\x42\x06\n\x04\x64\x61ta\"U\n\x04Turn\x12%\n\x04role\x18\x01 \x01(\x0e\x32\x11.imagegen.v1.RoleB\x04\xe2\x41\x01\x02\x12&\n\x05parts\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.PartB\x04\xe2\x41\x01\x02\"d\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x17\n\x0fthoughts_tokens\x18\x03 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x05\"\xb7\x03\n\nGeneration\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x31\n\x0einference_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11thought_signature\x18\x08 \x01(\x0c\x12\x0c\n\x04text\x18\t \x01(\t\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.imagegen.v1.FinishReason\x12!\n\x05usage\x18\x0b \x01(\x0b\x32\x12.imagegen.v1.Usage\x12\x14\n\x0c\x61spect_ratio\x18\x0c \x01(\t\x12\x12\n\nimage_size\x18\r \x01(\t\x12%\n\nmodel_turn\x18\x0e \x01(\x0b\x32\x11.imagegen.v1.Turn\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x13\n\x0bresponse_id\x18\x10 \x01(\t\"\x98\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\raspect_ratios\x18\x02 \x03(\t\x12\x13\n\x0bimage_sizes\x18\x03 \x03(\t\x12\x18\n\x10max_input_images\x18\x04 \x01(\x05\x12#\n\x1brequires_thought_signatures\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_MODEL\x10\x02*\xba\x03\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x18\n\x14\x46INISH_REASON_SAFETY\x10\x03\x12\x1c\n\x18\x46INISH_REASON_RECITATION\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05\x12\x1b\n\x17\x46INISH_REASON_BLOCKLIST\x10\x06\x12$\n FINISH_REASON_PROHIBITED_CONTENT\x10\x07\x12\x16\n\x12\x46INISH_REASON_SPII\x10\x08\x12\x1e\n\x1a\x46INISH_REASON_IMAGE_SAFETY\x10\t\x12*\n&FINISH_REASON_IMAGE_PROHIBITED_CONTENT\x10\n\x12\x1d\n\x19\x46INISH_REASON_IMAGE_OTHER\x10\x0b\x12\x1a\n\x16\x46INISH_REASON_NO_IMAGE\x10\x0c\x12\"\n\x1e\x46INISH_REASON_IMAGE_RECITATION\x10\rBi\n\x0f\x64\x65v.imagegen.v1B\nImageProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagegen/v1/image.proto\x12\x0bimagegen.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"Y\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\tmime_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05width\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\x92\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.imagegen.v1.ImageH\x00\x12\x19\n\x11thought_signature\x18\x03 \x01(\x0c\x12\x0f\n\x07thought\x18\x04 \x01(\x08\x12!\n\x13image_generation_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x42\x06\n\x04\x64\x61ta\"U\n\x04Turn\x12%\n\x04role\x18\x01 \x01(\x0e\x32\x11.imagegen.v1.RoleB\x04\xe2\x41\x01\x02\x12&\n\x05parts\x18\x02 \x03(\x0b\x32\x11.imagegen.v1.PartB\x04\xe2\x41\x01\x02\"d\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x17\n\x0fthoughts_tokens\x18\x03 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x05\"\x86\x04\n\nGeneration\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.imagegen.v1.Image\x12\x15\n\rgeneration_id\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x31\n\x0einference_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11thought_signature\x18\x08 \x01(\x0c\x12\x0c\n\x04text\x18\t \x01(\t\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.imagegen.v1.FinishReason\x12!\n\x05usage\x18\x0b \x01(\x0b\x32\x12.imagegen.v1.Usage\x12\x14\n\x0c\x61spect_ratio\x18\x0c \x01(\t\x12\x12\n\nimage_size\x18\r \x01(\t\x12%\n\nmodel_turn\x18\x0e \x01(\x0b\x32\x11.imagegen.v1.Turn\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x13\n\x0bresponse_id\x18\x10 \x01(\t\x12\x17\n\x0frequested_model\x18\x11 \x01(\t\x12\x34\n\x0f\x66\x61llback_reason\x18\x12 \x01(\x0e\x32\x1b.imagegen.v1.FallbackReason\"\x98\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\raspect_ratios\x18\x02 \x03(\t\x12\x13\n\x0bimage_sizes\x18\x03 \x03(\t\x12\x18\n\x10max_input_images\x18\x04 \x01(\x05\x12#\n\x1brequires_thought_signatures\x18\x05 \x01(\x08\x12\x12\n\nis_default\x18\x06 \x01(\x08*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_MODEL\x10\x02*\xba\x03\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x18\n\x14\x46INISH_REASON_SAFETY\x10\x03\x12\x1c\n\x18\x46INISH_REASON_RECITATION\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05\x12\x1b\n\x17\x46INISH_REASON_BLOCKLIST\x10\x06\x12$\n FINISH_REASON_PROHIBITED_CONTENT\x10\x07\x12\x16\n\x12\x46INISH_REASON_SPII\x10\x08\x12\x1e\n\x1a\x46INISH_REASON_IMAGE_SAFETY\x10\t\x12*\n&FINISH_REASON_IMAGE_PROHIBITED_CONTENT\x10\n\x12\x1d\n\x19\x46INISH_REASON_IMAGE_OTHER\x10\x0b\x12\x1a\n\x16\x46INISH_REASON_NO_IMAGE\x10\x0c\x12\"\n\x1e\x46INISH_REASON_IMAGE_RECITATION\x10\r*\x96\x01\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNAVAILABLE\x10\x01\x12 \n\x1c\x46\x41LLBACK_REASON_RATE_LIMITED\x10\x02\x12 \n\x1c\x46\x41LLBACK_REASON_CIRCUIT_OPEN\x10\x03\x42i\n\x0f\x64\x65v.imagegen.v1B\nImageProtoP\x01Z:github.com/imagegen/imagegen/gen/go/imagegen/v1;imagegenv1\xaa\x02\x0bImagegen.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,24 +40,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE'].fields_by_name['width']._serialized_options = b'\342A\001\003'
   _globals['_IMAGE'].fields_by_name['height']._loaded_options = None
   _globals['_IMAGE'].fields_by_name['height']._serialized_options = b'\342A\001\003'
+  _globals['_PART'].fields_by_name['image_generation_id']._loaded_options = None
+  _globals['_PART'].fields_by_name['image_generation_id']._serialized_options = b'\342A\001\001'
   _globals['_TURN'].fields_by_name['role']._loaded_options = None
   _globals['_TURN'].fields_by_name['role']._serialized_options = b'\342A\001\002'
   _globals['_TURN'].fields_by_name['parts']._loaded_options = None
   _globals['_TURN'].fields_by_name['parts']._serialized_options = b'\342A\001\002'
-  _globals['_ROLE']._serialized_start=1095
-  _globals['_ROLE']._serialized_end=1154
-  _globals['_FINISHREASON']._serialized_start=1157
-  _globals['_FINISHREASON']._serialized_end=1599
+  _globals['_ROLE']._serialized_start=1210
+  _globals['_ROLE']._serialized_end=1269
+  _globals['_FINISHREASON']._serialized_start=1272
+  _globals['_FINISHREASON']._serialized_end=1714
+  _globals['_FALLBACKREASON']._serialized_start=1717
+  _globals['_FALLBACKREASON']._serialized_end=1867
   _globals['_IMAGE']._serialized_start=105
   _globals['_IMAGE']._serialized_end=194
-  _globals['_PART']._serialized_start=196
-  _globals['_PART']._serialized_end=307
-  _globals['_TURN']._serialized_start=309
-  _globals['_TURN']._serialized_end=394
-  _globals['_USAGE']._serialized_start=396
-  _globals['_USAGE']._serialized_end=496
-  _globals['_GENERATION']._serialized_start=499
-  _globals['_GENERATION']._serialized_end=938
-  _globals['_MODELINFO']._serialized_start=941
-  _globals['_MODELINFO']._serialized_end=1093
+  _globals['_PART']._serialized_start=197
+  _globals['_PART']._serialized_end=343
+  _globals['_TURN']._serialized_start=345
+  _globals['_TURN']._serialized_end=430
+  _globals['_USAGE']._serialized_start=432
+  _globals['_USAGE']._serialized_end=532
+  _globals['_GENERATION']._serialized_start=535
+  _globals['_GENERATION']._serialized_end=1053
+  _globals['_MODELINFO']._serialized_start=1056
+  _globals['_MODELINFO']._serialized_end=1208
 # @@protoc_insertion_point(module_scope)

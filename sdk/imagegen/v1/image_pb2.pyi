@@ -112,6 +112,39 @@ FINISH_REASON_IMAGE_RECITATION: FinishReason.ValueType  # 13
 """The generated image resembled training data too closely."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _FallbackReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FallbackReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FALLBACK_REASON_UNSPECIFIED: _FallbackReason.ValueType  # 0
+    """Default value: no fallback happened."""
+    FALLBACK_REASON_UNAVAILABLE: _FallbackReason.ValueType  # 1
+    """The model stayed unavailable or overloaded (HTTP 503) through its retries."""
+    FALLBACK_REASON_RATE_LIMITED: _FallbackReason.ValueType  # 2
+    """The model's per-minute rate limit (HTTP 429) outlasted its retries."""
+    FALLBACK_REASON_CIRCUIT_OPEN: _FallbackReason.ValueType  # 3
+    """The model's circuit breaker was open, so it was not called at all."""
+
+class FallbackReason(_FallbackReason, metaclass=_FallbackReasonEnumTypeWrapper):
+    """Why the server switched a request to a fallback model. A request falls back
+    only while the requested model is overloaded, never for content, argument or
+    per-day quota errors, never after a stream delivered a preview or result of
+    the first model, and never when `GenerationOptions.disable_model_fallback`
+    is set.
+    """
+
+FALLBACK_REASON_UNSPECIFIED: FallbackReason.ValueType  # 0
+"""Default value: no fallback happened."""
+FALLBACK_REASON_UNAVAILABLE: FallbackReason.ValueType  # 1
+"""The model stayed unavailable or overloaded (HTTP 503) through its retries."""
+FALLBACK_REASON_RATE_LIMITED: FallbackReason.ValueType  # 2
+"""The model's per-minute rate limit (HTTP 429) outlasted its retries."""
+FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason.ValueType  # 3
+"""The model's circuit breaker was open, so it was not called at all."""
+Global___FallbackReason: _TypeAlias = FallbackReason  # noqa: Y015
+
 @_typing.final
 class Image(_message.Message):
     """An encoded image and its media type."""
@@ -161,6 +194,7 @@ class Part(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     THOUGHT_SIGNATURE_FIELD_NUMBER: _builtins.int
     THOUGHT_FIELD_NUMBER: _builtins.int
+    IMAGE_GENERATION_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Text written by the user or the model."""
     thought_signature: _builtins.bytes
@@ -171,6 +205,14 @@ class Part(_message.Message):
     thought: _builtins.bool
     """True when the part is an interim "thought" (a draft image or reasoning
     text) rather than part of the answer.
+    """
+    image_generation_id: _builtins.str
+    """Set by the server on the final image's part in `Generation.model_turn`:
+    the `Generation.generation_id` whose `Generation.image` holds this part's
+    bytes. Such a part's `image` has its mime type and size but empty `data`
+    (the bytes travel once per response). Keep it when passing the turn back:
+    in a Refine history, a part with this id and empty `image.data` takes its
+    bytes from `RefineRequest.history_images[image_generation_id]`.
     """
     @_builtins.property
     def image(self) -> Global___Image:
@@ -183,10 +225,11 @@ class Part(_message.Message):
         image: Global___Image | None = ...,
         thought_signature: _builtins.bytes = ...,
         thought: _builtins.bool = ...,
+        image_generation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "image", b"image", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "image", b"image", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "image", b"image", "image_generation_id", b"image_generation_id", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
@@ -280,6 +323,8 @@ class Generation(_message.Message):
     MODEL_TURN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACK_REASON_FIELD_NUMBER: _builtins.int
     generation_id: _builtins.str
     """Server-assigned identifier of this generation, also used in logs."""
     seed: _builtins.int
@@ -310,6 +355,14 @@ class Generation(_message.Message):
     """The caller's request id, echoed when one was given."""
     response_id: _builtins.str
     """The upstream response id, for correlating with Gemini support."""
+    requested_model: _builtins.str
+    """The model the request asked for (or the server's default). Differs from
+    `model` only when a fallback model answered; see `fallback_reason`.
+    """
+    fallback_reason: Global___FallbackReason.ValueType
+    """Why a fallback model answered instead of `requested_model`;
+    FALLBACK_REASON_UNSPECIFIED when it did not.
+    """
     @_builtins.property
     def image(self) -> Global___Image:
         """The final generated image (never an interim draft), with its real pixel
@@ -328,12 +381,17 @@ class Generation(_message.Message):
 
     @_builtins.property
     def model_turn(self) -> Global___Turn:
-        """The model's turn as it must appear in a later Refine history: every
-        non-thought part in order, each with its thought signature. The final
-        image's part carries its mime type and size but not its bytes, which are
-        in `image.data` (sending them twice would double every response): set that
-        part's `image.data` from `image.data` before passing the turn back. The
-        SDKs return the turn complete, so their callers never do this.
+        """The model's turn for a later Refine history: every non-thought part in
+        order, each with its thought signature. Pass it back exactly as returned.
+        The final image's part does not repeat the bytes of `image` (that would
+        double every response): it carries `image_generation_id`, and a Refine
+        request carries the bytes once, in `history_images`:
+
+            history: [user_turn, generation.model_turn]
+            history_images: {generation.generation_id: generation.image}
+
+        Copying `image.data` into that part instead works too (the SDKs return
+        the turn complete that way, so their callers do neither).
         """
 
     def __init__(
@@ -355,10 +413,12 @@ class Generation(_message.Message):
         model_turn: Global___Turn | None = ...,
         request_id: _builtins.str = ...,
         response_id: _builtins.str = ...,
+        requested_model: _builtins.str = ...,
+        fallback_reason: Global___FallbackReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "inference_time", b"inference_time", "model_turn", b"model_turn", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratio", b"aspect_ratio", "attempts", b"attempts", "finish_reason", b"finish_reason", "generation_id", b"generation_id", "image", b"image", "image_size", b"image_size", "inference_time", b"inference_time", "model", b"model", "model_turn", b"model_turn", "model_version", b"model_version", "request_id", b"request_id", "response_id", b"response_id", "seed", b"seed", "text", b"text", "thought_signature", b"thought_signature", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratio", b"aspect_ratio", "attempts", b"attempts", "fallback_reason", b"fallback_reason", "finish_reason", b"finish_reason", "generation_id", b"generation_id", "image", b"image", "image_size", b"image_size", "inference_time", b"inference_time", "model", b"model", "model_turn", b"model_turn", "model_version", b"model_version", "request_id", b"request_id", "requested_model", b"requested_model", "response_id", b"response_id", "seed", b"seed", "text", b"text", "thought_signature", b"thought_signature", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,13 +2,13 @@
 // @generated from file imagegen/v1/image_generation_service.proto (package imagegen.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { Generation, Image, ModelInfo, Turn } from "./image_pb.js";
+import type { FallbackReason, Generation, Image, ModelInfo, Turn } from "./image_pb.js";
 import { file_imagegen_v1_image } from "./image_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imagegen/v1/image_generation_service.proto.
  */
 export const file_imagegen_v1_image_generation_service: GenFile = /*@__PURE__*/
-  fileDesc("CippbWFnZWdlbi92MS9pbWFnZV9nZW5lcmF0aW9uX3NlcnZpY2UucHJvdG8SC2ltYWdlZ2VuLnYxIsUBChFHZW5lcmF0aW9uT3B0aW9ucxITCgVtb2RlbBgBIAEoCUIE4kEBARITCgV3aWR0aBgCIAEoBUIE4kEBARIUCgZoZWlnaHQYAyABKAVCBOJBAQESGgoMYXNwZWN0X3JhdGlvGAQgASgJQgTiQQEBEhgKCmltYWdlX3NpemUYBSABKAlCBOJBAQESFwoEc2VlZBgGIAEoBUIE4kEBAUgAiAEBEhgKCnJlcXVlc3RfaWQYByABKAlCBOJBAQFCBwoFX3NlZWQijgEKD0dlbmVyYXRlUmVxdWVzdBIUCgZwcm9tcHQYASABKAlCBOJBAQISLgoMaW5wdXRfaW1hZ2VzGAIgAygLMhIuaW1hZ2VnZW4udjEuSW1hZ2VCBOJBAQESNQoHb3B0aW9ucxgDIAEoCzIeLmltYWdlZ2VuLnYxLkdlbmVyYXRpb25PcHRpb25zQgTiQQEBIj8KEEdlbmVyYXRlUmVzcG9uc2USKwoKZ2VuZXJhdGlvbhgBIAEoCzIXLmltYWdlZ2VuLnYxLkdlbmVyYXRpb24ilAEKFUdlbmVyYXRlU3RyZWFtUmVxdWVzdBIUCgZwcm9tcHQYASABKAlCBOJBAQISLgoMaW5wdXRfaW1hZ2VzGAIgAygLMhIuaW1hZ2VnZW4udjEuSW1hZ2VCBOJBAQESNQoHb3B0aW9ucxgDIAEoCzIeLmltYWdlZ2VuLnYxLkdlbmVyYXRpb25PcHRpb25zQgTiQQEBIrYBCg1SZWZpbmVSZXF1ZXN0EhQKBnByb21wdBgBIAEoCUIE4kEBAhIoCgdoaXN0b3J5GAIgAygLMhEuaW1hZ2VnZW4udjEuVHVybkIE4kEBAhIuCgxpbnB1dF9pbWFnZXMYAyADKAsyEi5pbWFnZWdlbi52MS5JbWFnZUIE4kEBARI1CgdvcHRpb25zGAQgASgLMh4uaW1hZ2VnZW4udjEuR2VuZXJhdGlvbk9wdGlvbnNCBOJBAQEiPQoOUmVmaW5lUmVzcG9uc2USKwoKZ2VuZXJhdGlvbhgBIAEoCzIXLmltYWdlZ2VuLnYxLkdlbmVyYXRpb24ivAEKE1JlZmluZVN0cmVhbVJlcXVlc3QSFAoGcHJvbXB0GAEgASgJQgTiQQECEigKB2hpc3RvcnkYAiADKAsyES5pbWFnZWdlbi52MS5UdXJuQgTiQQECEi4KDGlucHV0X2ltYWdlcxgDIAMoCzISLmltYWdlZ2VuLnYxLkltYWdlQgTiQQEBEjUKB29wdGlvbnMYBCABKAsyHi5pbWFnZWdlbi52MS5HZW5lcmF0aW9uT3B0aW9uc0IE4kEBASJ+CghBY2NlcHRlZBIVCg1nZW5lcmF0aW9uX2lkGAEgASgJEgwKBHNlZWQYAiABKAUSDQoFbW9kZWwYAyABKAkSFAoMbWF4X2F0dGVtcHRzGAQgASgFEhQKDGFzcGVjdF9yYXRpbxgFIAEoCRISCgppbWFnZV9zaXplGAYgASgJIjcKDkF0dGVtcHRTdGFydGVkEg8KB2F0dGVtcHQYASABKAUSFAoMbWF4X2F0dGVtcHRzGAIgASgFIpMBCg1BdHRlbXB0RmFpbGVkEg8KB2F0dGVtcHQYASABKAUSDAoEY29kZRgCIAEoBRIOCgZyZWFzb24YAyABKAkSDwoHbWVzc2FnZRgEIAEoCRIuCgtyZXRyeV9kZWxheRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgp3aWxsX3JldHJ5GAYgASgIIjcKCUhlYXJ0YmVhdBIqCgdlbGFwc2VkGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjsKB1ByZXZpZXcSIQoFaW1hZ2UYASABKAsyEi5pbWFnZWdlbi52MS5JbWFnZRINCgVpbmRleBgCIAEoBSK+AgoWR2VuZXJhdGVTdHJlYW1SZXNwb25zZRIpCghhY2NlcHRlZBgBIAEoCzIVLmltYWdlZ2VuLnYxLkFjY2VwdGVkSAASNgoPYXR0ZW1wdF9zdGFydGVkGAIgASgLMhsuaW1hZ2VnZW4udjEuQXR0ZW1wdFN0YXJ0ZWRIABI0Cg5hdHRlbXB0X2ZhaWxlZBgDIAEoCzIaLmltYWdlZ2VuLnYxLkF0dGVtcHRGYWlsZWRIABIrCgloZWFydGJlYXQYBCABKAsyFi5pbWFnZWdlbi52MS5IZWFydGJlYXRIABInCgdwcmV2aWV3GAUgASgLMhQuaW1hZ2VnZW4udjEuUHJldmlld0gAEiwKCWNvbXBsZXRlZBgGIAEoCzIXLmltYWdlZ2VuLnYxLkdlbmVyYXRpb25IAEIHCgVldmVudCK8AgoUUmVmaW5lU3RyZWFtUmVzcG9uc2USKQoIYWNjZXB0ZWQYASABKAsyFS5pbWFnZWdlbi52MS5BY2NlcHRlZEgAEjYKD2F0dGVtcHRfc3RhcnRlZBgCIAEoCzIbLmltYWdlZ2VuLnYxLkF0dGVtcHRTdGFydGVkSAASNAoOYXR0ZW1wdF9mYWlsZWQYAyABKAsyGi5pbWFnZWdlbi52MS5BdHRlbXB0RmFpbGVkSAASKwoJaGVhcnRiZWF0GAQgASgLMhYuaW1hZ2VnZW4udjEuSGVhcnRiZWF0SAASJwoHcHJldmlldxgFIAEoCzIULmltYWdlZ2VuLnYxLlByZXZpZXdIABIsCgljb21wbGV0ZWQYBiABKAsyFy5pbWFnZWdlbi52MS5HZW5lcmF0aW9uSABCBwoFZXZlbnQiEwoRTGlzdE1vZGVsc1JlcXVlc3QiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmltYWdlZ2VuLnYxLk1vZGVsSW5mbzLEBAoWSW1hZ2VHZW5lcmF0aW9uU2VydmljZRJnCghHZW5lcmF0ZRIcLmltYWdlZ2VuLnYxLkdlbmVyYXRlUmVxdWVzdBodLmltYWdlZ2VuLnYxLkdlbmVyYXRlUmVzcG9uc2UiHoLT5JMCGDoBKiITL3YxL2ltYWdlczpnZW5lcmF0ZRKBAQoOR2VuZXJhdGVTdHJlYW0SIi5pbWFnZWdlbi52MS5HZW5lcmF0ZVN0cmVhbVJlcXVlc3QaIy5pbWFnZWdlbi52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlIiSC0+STAh46ASoiGS92MS9pbWFnZXM6Z2VuZXJhdGVTdHJlYW0wARJfCgZSZWZpbmUSGi5pbWFnZWdlbi52MS5SZWZpbmVSZXF1ZXN0GhsuaW1hZ2VnZW4udjEuUmVmaW5lUmVzcG9uc2UiHILT5JMCFjoBKiIRL3YxL2ltYWdlczpyZWZpbmUSeQoMUmVmaW5lU3RyZWFtEiAuaW1hZ2VnZW4udjEuUmVmaW5lU3RyZWFtUmVxdWVzdBohLmltYWdlZ2VuLnYxLlJlZmluZVN0cmVhbVJlc3BvbnNlIiKC0+STAhw6ASoiFy92MS9pbWFnZXM6cmVmaW5lU3RyZWFtMAESYQoKTGlzdE1vZGVscxIeLmltYWdlZ2VuLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh8uaW1hZ2VnZW4udjEuTGlzdE1vZGVsc1Jlc3BvbnNlIhKC0+STAgwSCi92MS9tb2RlbHNCegoPZGV2LmltYWdlZ2VuLnYxQhtJbWFnZUdlbmVyYXRpb25TZXJ2aWNlUHJvdG9QAVo6Z2l0aHViLmNvbS9pbWFnZWdlbi9pbWFnZWdlbi9nZW4vZ28vaW1hZ2VnZW4vdjE7aW1hZ2VnZW52MaoCC0ltYWdlZ2VuLlYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_duration, file_imagegen_v1_image]);
+  fileDesc("CippbWFnZWdlbi92MS9pbWFnZV9nZW5lcmF0aW9uX3NlcnZpY2UucHJvdG8SC2ltYWdlZ2VuLnYxIusBChFHZW5lcmF0aW9uT3B0aW9ucxITCgVtb2RlbBgBIAEoCUIE4kEBARITCgV3aWR0aBgCIAEoBUIE4kEBARIUCgZoZWlnaHQYAyABKAVCBOJBAQESGgoMYXNwZWN0X3JhdGlvGAQgASgJQgTiQQEBEhgKCmltYWdlX3NpemUYBSABKAlCBOJBAQESFwoEc2VlZBgGIAEoBUIE4kEBAUgAiAEBEhgKCnJlcXVlc3RfaWQYByABKAlCBOJBAQESJAoWZGlzYWJsZV9tb2RlbF9mYWxsYmFjaxgIIAEoCEIE4kEBAUIHCgVfc2VlZCKOAQoPR2VuZXJhdGVSZXF1ZXN0EhQKBnByb21wdBgBIAEoCUIE4kEBAhIuCgxpbnB1dF9pbWFnZXMYAiADKAsyEi5pbWFnZWdlbi52MS5JbWFnZUIE4kEBARI1CgdvcHRpb25zGAMgASgLMh4uaW1hZ2VnZW4udjEuR2VuZXJhdGlvbk9wdGlvbnNCBOJBAQEiPwoQR2VuZXJhdGVSZXNwb25zZRIrCgpnZW5lcmF0aW9uGAEgASgLMhcuaW1hZ2VnZW4udjEuR2VuZXJhdGlvbiKUAQoVR2VuZXJhdGVTdHJlYW1SZXF1ZXN0EhQKBnByb21wdBgBIAEoCUIE4kEBAhIuCgxpbnB1dF9pbWFnZXMYAiADKAsyEi5pbWFnZWdlbi52MS5JbWFnZUIE4kEBARI1CgdvcHRpb25zGAMgASgLMh4uaW1hZ2VnZW4udjEuR2VuZXJhdGlvbk9wdGlvbnNCBOJBAQEizQIKDVJlZmluZVJlcXVlc3QSFAoGcHJvbXB0GAEgASgJQgTiQQECEigKB2hpc3RvcnkYAiADKAsyES5pbWFnZWdlbi52MS5UdXJuQgTiQQECEi4KDGlucHV0X2ltYWdlcxgDIAMoCzISLmltYWdlZ2VuLnYxLkltYWdlQgTiQQEBEjUKB29wdGlvbnMYBCABKAsyHi5pbWFnZWdlbi52MS5HZW5lcmF0aW9uT3B0aW9uc0IE4kEBARJLCg5oaXN0b3J5X2ltYWdlcxgFIAMoCzItLmltYWdlZ2VuLnYxLlJlZmluZVJlcXVlc3QuSGlzdG9yeUltYWdlc0VudHJ5QgTiQQEBGkgKEkhpc3RvcnlJbWFnZXNFbnRyeRILCgNrZXkYASABKAkSIQoFdmFsdWUYAiABKAsyEi5pbWFnZWdlbi52MS5JbWFnZToCOAEiPQoOUmVmaW5lUmVzcG9uc2USKwoKZ2VuZXJhdGlvbhgBIAEoCzIXLmltYWdlZ2VuLnYxLkdlbmVyYXRpb24i2QIKE1JlZmluZVN0cmVhbVJlcXVlc3QSFAoGcHJvbXB0GAEgASgJQgTiQQECEigKB2hpc3RvcnkYAiADKAsyES5pbWFnZWdlbi52MS5UdXJuQgTiQQECEi4KDGlucHV0X2ltYWdlcxgDIAMoCzISLmltYWdlZ2VuLnYxLkltYWdlQgTiQQEBEjUKB29wdGlvbnMYBCABKAsyHi5pbWFnZWdlbi52MS5HZW5lcmF0aW9uT3B0aW9uc0IE4kEBARJRCg5oaXN0b3J5X2ltYWdlcxgFIAMoCzIzLmltYWdlZ2VuLnYxLlJlZmluZVN0cmVhbVJlcXVlc3QuSGlzdG9yeUltYWdlc0VudHJ5QgTiQQEBGkgKEkhpc3RvcnlJbWFnZXNFbnRyeRILCgNrZXkYASABKAkSIQoFdmFsdWUYAiABKAsyEi5pbWFnZWdlbi52MS5JbWFnZToCOAEi5gEKCEFjY2VwdGVkEhUKDWdlbmVyYXRpb25faWQYASABKAkSDAoEc2VlZBgCIAEoBRINCgVtb2RlbBgDIAEoCRIUCgxtYXhfYXR0ZW1wdHMYBCABKAUSFAoMYXNwZWN0X3JhdGlvGAUgASgJEhIKCmltYWdlX3NpemUYBiABKAkSFwoPcmVxdWVzdGVkX21vZGVsGAcgASgJEjQKD2ZhbGxiYWNrX3JlYXNvbhgIIAEoDjIbLmltYWdlZ2VuLnYxLkZhbGxiYWNrUmVhc29uEhcKD2ZhbGxiYWNrX21vZGVscxgJIAMoCSI3Cg5BdHRlbXB0U3RhcnRlZBIPCgdhdHRlbXB0GAEgASgFEhQKDG1heF9hdHRlbXB0cxgCIAEoBSLGAQoNQXR0ZW1wdEZhaWxlZBIPCgdhdHRlbXB0GAEgASgFEgwKBGNvZGUYAiABKAUSDgoGcmVhc29uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSLgoLcmV0cnlfZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKd2lsbF9yZXRyeRgGIAEoCBIxCgtzdG9wX3JlYXNvbhgHIAEoDjIcLmltYWdlZ2VuLnYxLlJldHJ5U3RvcFJlYXNvbiJiCg1Nb2RlbEZhbGxiYWNrEhIKCmZyb21fbW9kZWwYASABKAkSEAoIdG9fbW9kZWwYAiABKAkSKwoGcmVhc29uGAMgASgOMhsuaW1hZ2VnZW4udjEuRmFsbGJhY2tSZWFzb24iNwoJSGVhcnRiZWF0EioKB2VsYXBzZWQYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOwoHUHJldmlldxIhCgVpbWFnZRgBIAEoCzISLmltYWdlZ2VuLnYxLkltYWdlEg0KBWluZGV4GAIgASgFIvQCChZHZW5lcmF0ZVN0cmVhbVJlc3BvbnNlEikKCGFjY2VwdGVkGAEgASgLMhUuaW1hZ2VnZW4udjEuQWNjZXB0ZWRIABI2Cg9hdHRlbXB0X3N0YXJ0ZWQYAiABKAsyGy5pbWFnZWdlbi52MS5BdHRlbXB0U3RhcnRlZEgAEjQKDmF0dGVtcHRfZmFpbGVkGAMgASgLMhouaW1hZ2VnZW4udjEuQXR0ZW1wdEZhaWxlZEgAEisKCWhlYXJ0YmVhdBgEIAEoCzIWLmltYWdlZ2VuLnYxLkhlYXJ0YmVhdEgAEicKB3ByZXZpZXcYBSABKAsyFC5pbWFnZWdlbi52MS5QcmV2aWV3SAASLAoJY29tcGxldGVkGAYgASgLMhcuaW1hZ2VnZW4udjEuR2VuZXJhdGlvbkgAEjQKDm1vZGVsX2ZhbGxiYWNrGAcgASgLMhouaW1hZ2VnZW4udjEuTW9kZWxGYWxsYmFja0gAQgcKBWV2ZW50IvICChRSZWZpbmVTdHJlYW1SZXNwb25zZRIpCghhY2NlcHRlZBgBIAEoCzIVLmltYWdlZ2VuLnYxLkFjY2VwdGVkSAASNgoPYXR0ZW1wdF9zdGFydGVkGAIgASgLMhsuaW1hZ2VnZW4udjEuQXR0ZW1wdFN0YXJ0ZWRIABI0Cg5hdHRlbXB0X2ZhaWxlZBgDIAEoCzIaLmltYWdlZ2VuLnYxLkF0dGVtcHRGYWlsZWRIABIrCgloZWFydGJlYXQYBCABKAsyFi5pbWFnZWdlbi52MS5IZWFydGJlYXRIABInCgdwcmV2aWV3GAUgASgLMhQuaW1hZ2VnZW4udjEuUHJldmlld0gAEiwKCWNvbXBsZXRlZBgGIAEoCzIXLmltYWdlZ2VuLnYxLkdlbmVyYXRpb25IABI0Cg5tb2RlbF9mYWxsYmFjaxgHIAEoCzIaLmltYWdlZ2VuLnYxLk1vZGVsRmFsbGJhY2tIAEIHCgVldmVudCITChFMaXN0TW9kZWxzUmVxdWVzdCI8ChJMaXN0TW9kZWxzUmVzcG9uc2USJgoGbW9kZWxzGAEgAygLMhYuaW1hZ2VnZW4udjEuTW9kZWxJbmZvKusBCg9SZXRyeVN0b3BSZWFzb24SIQodUkVUUllfU1RPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIoCiRSRVRSWV9TVE9QX1JFQVNPTl9BVFRFTVBUU19FWEhBVVNURUQQARIeChpSRVRSWV9TVE9QX1JFQVNPTl9ERUFETElORRACEiIKHlJFVFJZX1NUT1BfUkVBU09OX1JFVFJZX0JVREdFVBADEiIKHlJFVFJZX1NUT1BfUkVBU09OX0NJUkNVSVRfT1BFThAEEiMKH1JFVFJZX1NUT1BfUkVBU09OX05PVF9SRVRSWUFCTEUQBTLEBAoWSW1hZ2VHZW5lcmF0aW9uU2VydmljZRJnCghHZW5lcmF0ZRIcLmltYWdlZ2VuLnYxLkdlbmVyYXRlUmVxdWVzdBodLmltYWdlZ2VuLnYxLkdlbmVyYXRlUmVzcG9uc2UiHoLT5JMCGDoBKiITL3YxL2ltYWdlczpnZW5lcmF0ZRKBAQoOR2VuZXJhdGVTdHJlYW0SIi5pbWFnZWdlbi52MS5HZW5lcmF0ZVN0cmVhbVJlcXVlc3QaIy5pbWFnZWdlbi52MS5HZW5lcmF0ZVN0cmVhbVJlc3BvbnNlIiSC0+STAh46ASoiGS92MS9pbWFnZXM6Z2VuZXJhdGVTdHJlYW0wARJfCgZSZWZpbmUSGi5pbWFnZWdlbi52MS5SZWZpbmVSZXF1ZXN0GhsuaW1hZ2VnZW4udjEuUmVmaW5lUmVzcG9uc2UiHILT5JMCFjoBKiIRL3YxL2ltYWdlczpyZWZpbmUSeQoMUmVmaW5lU3RyZWFtEiAuaW1hZ2VnZW4udjEuUmVmaW5lU3RyZWFtUmVxdWVzdBohLmltYWdlZ2VuLnYxLlJlZmluZVN0cmVhbVJlc3BvbnNlIiKC0+STAhw6ASoiFy92MS9pbWFnZXM6cmVmaW5lU3RyZWFtMAESYQoKTGlzdE1vZGVscxIeLmltYWdlZ2VuLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh8uaW1hZ2VnZW4udjEuTGlzdE1vZGVsc1Jlc3BvbnNlIhKC0+STAgwSCi92MS9tb2RlbHNCegoPZGV2LmltYWdlZ2VuLnYxQhtJbWFnZUdlbmVyYXRpb25TZXJ2aWNlUHJvdG9QAVo6Z2l0aHViLmNvbS9pbWFnZWdlbi9pbWFnZWdlbi9nZW4vZ28vaW1hZ2VnZW4vdjE7aW1hZ2VnZW52MaoCC0ltYWdlZ2VuLlYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_duration, file_imagegen_v1_image]);
 
 /**
  * Options shared by every generation request.
@@ -81,6 +81,16 @@ export type GenerationOptions = Message<"imagegen.v1.GenerationOptions"> & {
    * @generated from field: string request_id = 7;
    */
   requestId: string;
+
+  /**
+   * Forbid answering with a fallback model: when the requested model is
+   * overloaded, the request fails instead (with the error the model gave).
+   * Without it, servers configured with fallback models may use them; the
+   * result says so in `Generation.fallback_reason`.
+   *
+   * @generated from field: bool disable_model_fallback = 8;
+   */
+  disableModelFallback: boolean;
 };
 
 /**
@@ -196,8 +206,9 @@ export type RefineRequest = Message<"imagegen.v1.RefineRequest"> & {
 
   /**
    * Required. The conversation so far, oldest first: user turns and model
-   * turns (use `Generation.model_turn` as returned). Model image parts keep
-   * their thought signatures byte for byte.
+   * turns. A model turn is `Generation.model_turn` exactly as returned (model
+   * parts keep their thought signatures byte for byte); put that
+   * Generation's `image` in `history_images` under its `generation_id`.
    *
    * @generated from field: repeated imagegen.v1.Turn history = 2;
    */
@@ -216,6 +227,17 @@ export type RefineRequest = Message<"imagegen.v1.RefineRequest"> & {
    * @generated from field: imagegen.v1.GenerationOptions options = 4;
    */
   options?: GenerationOptions | undefined;
+
+  /**
+   * The final images of the generations whose `model_turn` is in `history`,
+   * keyed by `Generation.generation_id`: each `Generation.image` as returned.
+   * A history part with `image_generation_id` set and empty `image.data` takes
+   * its bytes from here, so each image travels once. Not needed for parts
+   * that carry their bytes; entries no part refers to are ignored.
+   *
+   * @generated from field: map<string, imagegen.v1.Image> history_images = 5;
+   */
+  historyImages: { [key: string]: Image };
 };
 
 /**
@@ -260,7 +282,8 @@ export type RefineStreamRequest = Message<"imagegen.v1.RefineStreamRequest"> & {
   prompt: string;
 
   /**
-   * Required. The conversation so far, oldest first.
+   * Required. The conversation so far, oldest first (see
+   * `RefineRequest.history`).
    *
    * @generated from field: repeated imagegen.v1.Turn history = 2;
    */
@@ -279,6 +302,14 @@ export type RefineStreamRequest = Message<"imagegen.v1.RefineStreamRequest"> & {
    * @generated from field: imagegen.v1.GenerationOptions options = 4;
    */
   options?: GenerationOptions | undefined;
+
+  /**
+   * The images the history's model turns refer to (see
+   * `RefineRequest.history_images`).
+   *
+   * @generated from field: map<string, imagegen.v1.Image> history_images = 5;
+   */
+  historyImages: { [key: string]: Image };
 };
 
 /**
@@ -335,6 +366,32 @@ export type Accepted = Message<"imagegen.v1.Accepted"> & {
    * @generated from field: string image_size = 6;
    */
   imageSize: string;
+
+  /**
+   * The model the request asked for (or the server's default). Differs from
+   * `model` when the request starts on a fallback model (the requested
+   * model's circuit is open); see `fallback_reason`.
+   *
+   * @generated from field: string requested_model = 7;
+   */
+  requestedModel: string;
+
+  /**
+   * Why `model` is not `requested_model`; FALLBACK_REASON_UNSPECIFIED when
+   * it is.
+   *
+   * @generated from field: imagegen.v1.FallbackReason fallback_reason = 8;
+   */
+  fallbackReason: FallbackReason;
+
+  /**
+   * The models that may serve the request, in order, if `model` is
+   * overloaded. Empty when the server has none for it or the request set
+   * `disable_model_fallback`.
+   *
+   * @generated from field: repeated string fallback_models = 9;
+   */
+  fallbackModels: string[];
 };
 
 /**
@@ -422,6 +479,19 @@ export type AttemptFailed = Message<"imagegen.v1.AttemptFailed"> & {
    * @generated from field: bool will_retry = 6;
    */
   willRetry: boolean;
+
+  /**
+   * Why no further attempt follows, when `will_retry` is false;
+   * RETRY_STOP_REASON_UNSPECIFIED while it is true (and from servers that do
+   * not report it). A final error carries the same reason in its ErrorInfo
+   * metadata `stopReason`. When a model's circuit is open, the server makes
+   * no upstream call: it reports an AttemptFailed with `reason`
+   * `CIRCUIT_OPEN`, this set to RETRY_STOP_REASON_CIRCUIT_OPEN and
+   * `retry_delay` the time until the circuit's half-open probe.
+   *
+   * @generated from field: imagegen.v1.RetryStopReason stop_reason = 7;
+   */
+  stopReason: RetryStopReason;
 };
 
 /**
@@ -430,6 +500,43 @@ export type AttemptFailed = Message<"imagegen.v1.AttemptFailed"> & {
  */
 export const AttemptFailedSchema: GenMessage<AttemptFailed> = /*@__PURE__*/
   messageDesc(file_imagegen_v1_image_generation_service, 9);
+
+/**
+ * The request moved to a fallback model: the requested model is overloaded
+ * and another model will serve it. Sent before the new model's first
+ * attempt; `Generation.model` then names the model that answered.
+ *
+ * @generated from message imagegen.v1.ModelFallback
+ */
+export type ModelFallback = Message<"imagegen.v1.ModelFallback"> & {
+  /**
+   * The model that was given up on.
+   *
+   * @generated from field: string from_model = 1;
+   */
+  fromModel: string;
+
+  /**
+   * The model that will be tried next.
+   *
+   * @generated from field: string to_model = 2;
+   */
+  toModel: string;
+
+  /**
+   * Why the server switched.
+   *
+   * @generated from field: imagegen.v1.FallbackReason reason = 3;
+   */
+  reason: FallbackReason;
+};
+
+/**
+ * Describes the message imagegen.v1.ModelFallback.
+ * Use `create(ModelFallbackSchema)` to create a new message.
+ */
+export const ModelFallbackSchema: GenMessage<ModelFallback> = /*@__PURE__*/
+  messageDesc(file_imagegen_v1_image_generation_service, 10);
 
 /**
  * Sent while the server waits (on upstream or between attempts) so that
@@ -451,7 +558,7 @@ export type Heartbeat = Message<"imagegen.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 10);
+  messageDesc(file_imagegen_v1_image_generation_service, 11);
 
 /**
  * An interim draft image the model produced while thinking. Never the
@@ -480,7 +587,7 @@ export type Preview = Message<"imagegen.v1.Preview"> & {
  * Use `create(PreviewSchema)` to create a new message.
  */
 export const PreviewSchema: GenMessage<Preview> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 11);
+  messageDesc(file_imagegen_v1_image_generation_service, 12);
 
 /**
  * One progress event of GenerateStream.
@@ -541,6 +648,14 @@ export type GenerateStreamResponse = Message<"imagegen.v1.GenerateStreamResponse
      */
     value: Generation;
     case: "completed";
+  } | {
+    /**
+     * The request moved to a fallback model.
+     *
+     * @generated from field: imagegen.v1.ModelFallback model_fallback = 7;
+     */
+    value: ModelFallback;
+    case: "modelFallback";
   } | { case: undefined; value?: undefined };
 };
 
@@ -549,7 +664,7 @@ export type GenerateStreamResponse = Message<"imagegen.v1.GenerateStreamResponse
  * Use `create(GenerateStreamResponseSchema)` to create a new message.
  */
 export const GenerateStreamResponseSchema: GenMessage<GenerateStreamResponse> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 12);
+  messageDesc(file_imagegen_v1_image_generation_service, 13);
 
 /**
  * One progress event of RefineStream. Same events as GenerateStreamResponse.
@@ -610,6 +725,14 @@ export type RefineStreamResponse = Message<"imagegen.v1.RefineStreamResponse"> &
      */
     value: Generation;
     case: "completed";
+  } | {
+    /**
+     * The request moved to a fallback model.
+     *
+     * @generated from field: imagegen.v1.ModelFallback model_fallback = 7;
+     */
+    value: ModelFallback;
+    case: "modelFallback";
   } | { case: undefined; value?: undefined };
 };
 
@@ -618,7 +741,7 @@ export type RefineStreamResponse = Message<"imagegen.v1.RefineStreamResponse"> &
  * Use `create(RefineStreamResponseSchema)` to create a new message.
  */
 export const RefineStreamResponseSchema: GenMessage<RefineStreamResponse> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 13);
+  messageDesc(file_imagegen_v1_image_generation_service, 14);
 
 /**
  * Request for ListModels.
@@ -633,7 +756,7 @@ export type ListModelsRequest = Message<"imagegen.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 14);
+  messageDesc(file_imagegen_v1_image_generation_service, 15);
 
 /**
  * Response for ListModels.
@@ -654,7 +777,67 @@ export type ListModelsResponse = Message<"imagegen.v1.ListModelsResponse"> & {
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_imagegen_v1_image_generation_service, 15);
+  messageDesc(file_imagegen_v1_image_generation_service, 16);
+
+/**
+ * Why the server stopped retrying an upstream failure. In ErrorInfo metadata
+ * `stopReason` the value is the name without its prefix, in lower case:
+ * RETRY_STOP_REASON_RETRY_BUDGET is `retry_budget`.
+ *
+ * @generated from enum imagegen.v1.RetryStopReason
+ */
+export enum RetryStopReason {
+  /**
+   * Default value: retrying continues, or the server did not say.
+   *
+   * @generated from enum value: RETRY_STOP_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The request used all the attempts its retry policy allows.
+   *
+   * @generated from enum value: RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED = 1;
+   */
+  ATTEMPTS_EXHAUSTED = 1,
+
+  /**
+   * The next wait would pass the caller's deadline (or the server's maximum
+   * call duration).
+   *
+   * @generated from enum value: RETRY_STOP_REASON_DEADLINE = 2;
+   */
+  DEADLINE = 2,
+
+  /**
+   * The server's retry budget, which bounds retries across all requests
+   * during an upstream outage, allowed no further retry.
+   *
+   * @generated from enum value: RETRY_STOP_REASON_RETRY_BUDGET = 3;
+   */
+  RETRY_BUDGET = 3,
+
+  /**
+   * The model's circuit breaker is open: further calls would fail anyway.
+   *
+   * @generated from enum value: RETRY_STOP_REASON_CIRCUIT_OPEN = 4;
+   */
+  CIRCUIT_OPEN = 4,
+
+  /**
+   * The failure is not one a retry can fix (a bad argument, blocked content,
+   * a per-day quota).
+   *
+   * @generated from enum value: RETRY_STOP_REASON_NOT_RETRYABLE = 5;
+   */
+  NOT_RETRYABLE = 5,
+}
+
+/**
+ * Describes the enum imagegen.v1.RetryStopReason.
+ */
+export const RetryStopReasonSchema: GenEnum<RetryStopReason> = /*@__PURE__*/
+  enumDesc(file_imagegen_v1_image_generation_service, 0);
 
 /**
  * Generates and edits images with Google's Gemini image models.

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file imagegen/v1/image.proto.
  */
 export const file_imagegen_v1_image: GenFile = /*@__PURE__*/
-  fileDesc("ChdpbWFnZWdlbi92MS9pbWFnZS5wcm90bxILaW1hZ2VnZW4udjEiWQoFSW1hZ2USDAoEZGF0YRgBIAEoDBIXCgltaW1lX3R5cGUYAiABKAlCBOJBAQESEwoFd2lkdGgYAyABKAVCBOJBAQMSFAoGaGVpZ2h0GAQgASgFQgTiQQEDIm8KBFBhcnQSDgoEdGV4dBgBIAEoCUgAEiMKBWltYWdlGAIgASgLMhIuaW1hZ2VnZW4udjEuSW1hZ2VIABIZChF0aG91Z2h0X3NpZ25hdHVyZRgDIAEoDBIPCgd0aG91Z2h0GAQgASgIQgYKBGRhdGEiVQoEVHVybhIlCgRyb2xlGAEgASgOMhEuaW1hZ2VnZW4udjEuUm9sZUIE4kEBAhImCgVwYXJ0cxgCIAMoCzIRLmltYWdlZ2VuLnYxLlBhcnRCBOJBAQIiZAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEhcKD3Rob3VnaHRzX3Rva2VucxgDIAEoBRIUCgx0b3RhbF90b2tlbnMYBCABKAUitwMKCkdlbmVyYXRpb24SIQoFaW1hZ2UYASABKAsyEi5pbWFnZWdlbi52MS5JbWFnZRIVCg1nZW5lcmF0aW9uX2lkGAIgASgJEgwKBHNlZWQYAyABKAUSDQoFbW9kZWwYBCABKAkSFQoNbW9kZWxfdmVyc2lvbhgFIAEoCRIQCghhdHRlbXB0cxgGIAEoBRIxCg5pbmZlcmVuY2VfdGltZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChF0aG91Z2h0X3NpZ25hdHVyZRgIIAEoDBIMCgR0ZXh0GAkgASgJEjAKDWZpbmlzaF9yZWFzb24YCiABKA4yGS5pbWFnZWdlbi52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYCyABKAsyEi5pbWFnZWdlbi52MS5Vc2FnZRIUCgxhc3BlY3RfcmF0aW8YDCABKAkSEgoKaW1hZ2Vfc2l6ZRgNIAEoCRIlCgptb2RlbF90dXJuGA4gASgLMhEuaW1hZ2VnZW4udjEuVHVybhISCgpyZXF1ZXN0X2lkGA8gASgJEhMKC3Jlc3BvbnNlX2lkGBAgASgJIpgBCglNb2RlbEluZm8SDAoEbmFtZRgBIAEoCRIVCg1hc3BlY3RfcmF0aW9zGAIgAygJEhMKC2ltYWdlX3NpemVzGAMgAygJEhgKEG1heF9pbnB1dF9pbWFnZXMYBCABKAUSIwobcmVxdWlyZXNfdGhvdWdodF9zaWduYXR1cmVzGAUgASgIEhIKCmlzX2RlZmF1bHQYBiABKAgqOwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDQoJUk9MRV9VU0VSEAESDgoKUk9MRV9NT0RFTBACKroDCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEhgKFEZJTklTSF9SRUFTT05fU0FGRVRZEAMSHAoYRklOSVNIX1JFQVNPTl9SRUNJVEFUSU9OEAQSFwoTRklOSVNIX1JFQVNPTl9PVEhFUhAFEhsKF0ZJTklTSF9SRUFTT05fQkxPQ0tMSVNUEAYSJAogRklOSVNIX1JFQVNPTl9QUk9ISUJJVEVEX0NPTlRFTlQQBxIWChJGSU5JU0hfUkVBU09OX1NQSUkQCBIeChpGSU5JU0hfUkVBU09OX0lNQUdFX1NBRkVUWRAJEioKJkZJTklTSF9SRUFTT05fSU1BR0VfUFJPSElCSVRFRF9DT05URU5UEAoSHQoZRklOSVNIX1JFQVNPTl9JTUFHRV9PVEhFUhALEhoKFkZJTklTSF9SRUFTT05fTk9fSU1BR0UQDBIiCh5GSU5JU0hfUkVBU09OX0lNQUdFX1JFQ0lUQVRJT04QDUJpCg9kZXYuaW1hZ2VnZW4udjFCCkltYWdlUHJvdG9QAVo6Z2l0aHViLmNvbS9pbWFnZWdlbi9pbWFnZWdlbi9nZW4vZ28vaW1hZ2VnZW4vdjE7aW1hZ2VnZW52MaoCC0ltYWdlZ2VuLlYxYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration]);
+  fileDesc("ChdpbWFnZWdlbi92MS9pbWFnZS5wcm90bxILaW1hZ2VnZW4udjEiWQoFSW1hZ2USDAoEZGF0YRgBIAEoDBIXCgltaW1lX3R5cGUYAiABKAlCBOJBAQESEwoFd2lkdGgYAyABKAVCBOJBAQMSFAoGaGVpZ2h0GAQgASgFQgTiQQEDIpIBCgRQYXJ0Eg4KBHRleHQYASABKAlIABIjCgVpbWFnZRgCIAEoCzISLmltYWdlZ2VuLnYxLkltYWdlSAASGQoRdGhvdWdodF9zaWduYXR1cmUYAyABKAwSDwoHdGhvdWdodBgEIAEoCBIhChNpbWFnZV9nZW5lcmF0aW9uX2lkGAUgASgJQgTiQQEBQgYKBGRhdGEiVQoEVHVybhIlCgRyb2xlGAEgASgOMhEuaW1hZ2VnZW4udjEuUm9sZUIE4kEBAhImCgVwYXJ0cxgCIAMoCzIRLmltYWdlZ2VuLnYxLlBhcnRCBOJBAQIiZAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEhcKD3Rob3VnaHRzX3Rva2VucxgDIAEoBRIUCgx0b3RhbF90b2tlbnMYBCABKAUihgQKCkdlbmVyYXRpb24SIQoFaW1hZ2UYASABKAsyEi5pbWFnZWdlbi52MS5JbWFnZRIVCg1nZW5lcmF0aW9uX2lkGAIgASgJEgwKBHNlZWQYAyABKAUSDQoFbW9kZWwYBCABKAkSFQoNbW9kZWxfdmVyc2lvbhgFIAEoCRIQCghhdHRlbXB0cxgGIAEoBRIxCg5pbmZlcmVuY2VfdGltZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChF0aG91Z2h0X3NpZ25hdHVyZRgIIAEoDBIMCgR0ZXh0GAkgASgJEjAKDWZpbmlzaF9yZWFzb24YCiABKA4yGS5pbWFnZWdlbi52MS5GaW5pc2hSZWFzb24SIQoFdXNhZ2UYCyABKAsyEi5pbWFnZWdlbi52MS5Vc2FnZRIUCgxhc3BlY3RfcmF0aW8YDCABKAkSEgoKaW1hZ2Vfc2l6ZRgNIAEoCRIlCgptb2RlbF90dXJuGA4gASgLMhEuaW1hZ2VnZW4udjEuVHVybhISCgpyZXF1ZXN0X2lkGA8gASgJEhMKC3Jlc3BvbnNlX2lkGBAgASgJEhcKD3JlcXVlc3RlZF9tb2RlbBgRIAEoCRI0Cg9mYWxsYmFja19yZWFzb24YEiABKA4yGy5pbWFnZWdlbi52MS5GYWxsYmFja1JlYXNvbiKYAQoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSFQoNYXNwZWN0X3JhdGlvcxgCIAMoCRITCgtpbWFnZV9zaXplcxgDIAMoCRIYChBtYXhfaW5wdXRfaW1hZ2VzGAQgASgFEiMKG3JlcXVpcmVzX3Rob3VnaHRfc2lnbmF0dXJlcxgFIAEoCBISCgppc19kZWZhdWx0GAYgASgIKjsKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEg4KClJPTEVfTU9ERUwQAiq6AwoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIcChhGSU5JU0hfUkVBU09OX01BWF9UT0tFTlMQAhIYChRGSU5JU0hfUkVBU09OX1NBRkVUWRADEhwKGEZJTklTSF9SRUFTT05fUkVDSVRBVElPThAEEhcKE0ZJTklTSF9SRUFTT05fT1RIRVIQBRIbChdGSU5JU0hfUkVBU09OX0JMT0NLTElTVBAGEiQKIEZJTklTSF9SRUFTT05fUFJPSElCSVRFRF9DT05URU5UEAcSFgoSRklOSVNIX1JFQVNPTl9TUElJEAgSHgoaRklOSVNIX1JFQVNPTl9JTUFHRV9TQUZFVFkQCRIqCiZGSU5JU0hfUkVBU09OX0lNQUdFX1BST0hJQklURURfQ09OVEVOVBAKEh0KGUZJTklTSF9SRUFTT05fSU1BR0VfT1RIRVIQCxIaChZGSU5JU0hfUkVBU09OX05PX0lNQUdFEAwSIgoeRklOSVNIX1JFQVNPTl9JTUFHRV9SRUNJVEFUSU9OEA0qlgEKDkZhbGxiYWNrUmVhc29uEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEh8KG0ZBTExCQUNLX1JFQVNPTl9VTkFWQUlMQUJMRRABEiAKHEZBTExCQUNLX1JFQVNPTl9SQVRFX0xJTUlURUQQAhIgChxGQUxMQkFDS19SRUFTT05fQ0lSQ1VJVF9PUEVOEANCaQoPZGV2LmltYWdlZ2VuLnYxQgpJbWFnZVByb3RvUAFaOmdpdGh1Yi5jb20vaW1hZ2VnZW4vaW1hZ2VnZW4vZ2VuL2dvL2ltYWdlZ2VuL3YxO2ltYWdlZ2VudjGqAgtJbWFnZWdlbi5WMWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_duration]);
 
 /**
  * An encoded image and its media type.
@@ -105,6 +105,18 @@ export type Part = Message<"imagegen.v1.Part"> & {
    * @generated from field: bool thought = 4;
    */
   thought: boolean;
+
+  /**
+   * Set by the server on the final image's part in `Generation.model_turn`:
+   * the `Generation.generation_id` whose `Generation.image` holds this part's
+   * bytes. Such a part's `image` has its mime type and size but empty `data`
+   * (the bytes travel once per response). Keep it when passing the turn back:
+   * in a Refine history, a part with this id and empty `image.data` takes its
+   * bytes from `RefineRequest.history_images[image_generation_id]`.
+   *
+   * @generated from field: string image_generation_id = 5;
+   */
+  imageGenerationId: string;
 };
 
 /**
@@ -288,12 +300,17 @@ export type Generation = Message<"imagegen.v1.Generation"> & {
   imageSize: string;
 
   /**
-   * The model's turn as it must appear in a later Refine history: every
-   * non-thought part in order, each with its thought signature. The final
-   * image's part carries its mime type and size but not its bytes, which are
-   * in `image.data` (sending them twice would double every response): set that
-   * part's `image.data` from `image.data` before passing the turn back. The
-   * SDKs return the turn complete, so their callers never do this.
+   * The model's turn for a later Refine history: every non-thought part in
+   * order, each with its thought signature. Pass it back exactly as returned.
+   * The final image's part does not repeat the bytes of `image` (that would
+   * double every response): it carries `image_generation_id`, and a Refine
+   * request carries the bytes once, in `history_images`:
+   *
+   *     history: [user_turn, generation.model_turn]
+   *     history_images: {generation.generation_id: generation.image}
+   *
+   * Copying `image.data` into that part instead works too (the SDKs return
+   * the turn complete that way, so their callers do neither).
    *
    * @generated from field: imagegen.v1.Turn model_turn = 14;
    */
@@ -312,6 +329,22 @@ export type Generation = Message<"imagegen.v1.Generation"> & {
    * @generated from field: string response_id = 16;
    */
   responseId: string;
+
+  /**
+   * The model the request asked for (or the server's default). Differs from
+   * `model` only when a fallback model answered; see `fallback_reason`.
+   *
+   * @generated from field: string requested_model = 17;
+   */
+  requestedModel: string;
+
+  /**
+   * Why a fallback model answered instead of `requested_model`;
+   * FALLBACK_REASON_UNSPECIFIED when it did not.
+   *
+   * @generated from field: imagegen.v1.FallbackReason fallback_reason = 18;
+   */
+  fallbackReason: FallbackReason;
 };
 
 /**
@@ -523,4 +556,49 @@ export enum FinishReason {
  */
 export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
   enumDesc(file_imagegen_v1_image, 1);
+
+/**
+ * Why the server switched a request to a fallback model. A request falls back
+ * only while the requested model is overloaded, never for content, argument or
+ * per-day quota errors, never after a stream delivered a preview or result of
+ * the first model, and never when `GenerationOptions.disable_model_fallback`
+ * is set.
+ *
+ * @generated from enum imagegen.v1.FallbackReason
+ */
+export enum FallbackReason {
+  /**
+   * Default value: no fallback happened.
+   *
+   * @generated from enum value: FALLBACK_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model stayed unavailable or overloaded (HTTP 503) through its retries.
+   *
+   * @generated from enum value: FALLBACK_REASON_UNAVAILABLE = 1;
+   */
+  UNAVAILABLE = 1,
+
+  /**
+   * The model's per-minute rate limit (HTTP 429) outlasted its retries.
+   *
+   * @generated from enum value: FALLBACK_REASON_RATE_LIMITED = 2;
+   */
+  RATE_LIMITED = 2,
+
+  /**
+   * The model's circuit breaker was open, so it was not called at all.
+   *
+   * @generated from enum value: FALLBACK_REASON_CIRCUIT_OPEN = 3;
+   */
+  CIRCUIT_OPEN = 3,
+}
+
+/**
+ * Describes the enum imagegen.v1.FallbackReason.
+ */
+export const FallbackReasonSchema: GenEnum<FallbackReason> = /*@__PURE__*/
+  enumDesc(file_imagegen_v1_image, 2);
 
