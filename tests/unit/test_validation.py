@@ -176,8 +176,8 @@ def test_violations_say_how_to_fix_in_field_order() -> None:
         ),
         (
             "history[1].parts[0].image.data",
-            "must not be empty (a Generation.model_turn omits the final image's bytes: "
-            "copy them from Generation.image.data)",
+            "must not be empty (Generation.model_turn sends the final image's part without its bytes: "
+            "pass that Generation.image in history_images[Generation.generation_id], or its bytes here)",
         ),
         (
             "history[1].parts[0].thought_signature",
