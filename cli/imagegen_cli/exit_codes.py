@@ -74,13 +74,14 @@ def _from_server(error: ImagegenError) -> bool:
 def describe_error(error: ImagegenError, target: str) -> str:
     """One line for a failed call to ``target``, with a hint when the server was never reached."""
     if isinstance(error, UnavailableError) and not _from_server(error):
-        detail = _connection_detail(error.message)
-        if detail == _UNRESOLVED:
-            return f"cannot resolve the host of {target}; check --target or IMAGEGEN_TARGET"
-        return (
-            f"cannot reach an imagegen server at {target} ({detail}); "
-            "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
+        lowered = error.message.lower()
+        detail, hint = next(
+            ((d, h) for needles, d, h in _CONNECTION_FAILURES if any(n in lowered for n in needles)),
+            ("no connection", _NOT_RUNNING),
         )
+        if not detail:
+            return f"cannot resolve the host of {target}; {hint}"
+        return f"cannot reach an imagegen server at {target} ({detail}); {hint}"
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and not _from_server(error):
         return f"deadline exceeded: no answer from {target} in time (raise --timeout; is the server reachable?)"
     label = {
@@ -99,21 +100,31 @@ def describe_error(error: ImagegenError, target: str) -> str:
     return text
 
 
-_UNRESOLVED = "cannot resolve the host name"
+_NOT_RUNNING = "is `imagegen serve` running there? Pass --target or set IMAGEGEN_TARGET"
 
-
-def _connection_detail(message: str) -> str:
-    """A few words from gRPC's connection error text (which is long and meant for gRPC developers)."""
-    lowered = message.lower()
-    if "connection refused" in lowered:
-        return "connection refused"
-    if "resolv" in lowered or "lookup" in lowered or "domain name" in lowered:
-        return _UNRESOLVED
-    if "timed out" in lowered or "timeout" in lowered:
-        return "connection timed out"
-    if "connection reset" in lowered or "socket closed" in lowered:
-        return "the connection was closed; is it a gRPC server (and TLS if --tls)?"
-    return "no connection"
+#: gRPC's connection error text is long and meant for gRPC developers: (words in it, a few words for
+#: the user, what to try). The first match wins; an empty detail means the host name did not resolve.
+_CONNECTION_FAILURES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("connection refused",), "connection refused", _NOT_RUNNING),
+    (("resolv", "lookup", "domain name"), "", "check --target or IMAGEGEN_TARGET"),
+    (
+        ("wrong_version_number",),
+        "TLS handshake failed",
+        "the server does not speak TLS: drop --tls and --ca-cert",
+    ),
+    (
+        ("certificate_verify_failed",),
+        "TLS handshake failed: its certificate is not trusted",
+        "pass the CA that signed it with --ca-cert",
+    ),
+    (("handshake",), "TLS handshake failed", "check --ca-cert, --client-cert and --client-key"),
+    (
+        ("socket closed", "connection reset"),
+        "the server closed the connection",
+        "does it require TLS (--tls or --ca-cert)?",
+    ),
+    (("timed out", "timeout"), "connection timed out", _NOT_RUNNING),
+)
 
 
 class UsageError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -153,6 +154,15 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return _demo(args, out)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests), nothing to redirect
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``imagegen`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -174,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(error_to_dict(exc, code)), file=out, flush=True)
         print(f"imagegen: error: {describe_error(exc, getattr(args, 'target', ''))}", file=err)
         return code
+    except BrokenPipeError:
+        # The reader went away (`imagegen models | head -1`): nothing more to say, and nowhere to say it.
+        _silence_stdout()
+        return EXIT_OTHER
     except OSError as exc:
         print(f"imagegen: error: {exc}", file=err)
         return EXIT_OTHER

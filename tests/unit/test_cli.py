@@ -304,13 +304,54 @@ def test_connection_errors_name_the_target() -> None:
     assert describe_error(unresolved, "nosuch.invalid:1") == (
         "cannot resolve the host of nosuch.invalid:1; check --target or IMAGEGEN_TARGET"
     )
-    closed = imagegen.UnavailableError("Socket closed")
-    assert describe_error(closed, "h:1").startswith("cannot reach an imagegen server at h:1 (the connection was closed")
     late = imagegen.DeadlineExceededError("Deadline Exceeded", code=S.DEADLINE_EXCEEDED)
     assert describe_error(late, "h:1").startswith("deadline exceeded: no answer from h:1 in time")
     # An error the server sent (it carries a reason) is reported as such, not as a connection problem.
     shutting = imagegen.UnavailableError("draining", code=S.UNAVAILABLE, reason="SHUTTING_DOWN")
     assert describe_error(shutting, "h:1").startswith("unavailable: ")
+
+
+# gRPC 1.85's own texts, from real runs: a plaintext client against a TLS server, and the reverse.
+_PLAIN_TO_TLS = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:50777: Socket closed"
+_TLS_TO_PLAIN = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50778: Tls handshake failed "
+    "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: "
+    "Invalid certificate verification context: OK"
+)
+_UNTRUSTED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50777: Tls handshake failed "
+    "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: "
+    "self signed certificate: OK"
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        (_PLAIN_TO_TLS, "(the server closed the connection); does it require TLS (--tls or --ca-cert)?"),
+        (_TLS_TO_PLAIN, "(TLS handshake failed); the server does not speak TLS: drop --tls and --ca-cert"),
+        (
+            _UNTRUSTED,
+            "(TLS handshake failed: its certificate is not trusted); pass the CA that signed it with --ca-cert",
+        ),
+        ("something new", "(no connection); is `imagegen serve` running there?"),
+    ],
+)
+def test_connection_errors_say_what_to_try(message: str, line: str) -> None:
+    text = describe_error(imagegen.UnavailableError(message), "h:1")
+    assert text.startswith("cannot reach an imagegen server at h:1 ") and line in text, text
+
+
+def test_a_closed_stdout_is_not_an_error(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    class ClosedPipe(io.StringIO):
+        def write(self, _: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    monkeypatch.setattr("sys.stderr", err)
+    assert run("models", "--target", server.target) == 1
+    assert err.getvalue() == ""
 
 
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
