@@ -8,8 +8,6 @@ import pytest
 
 from imagegen_cli.main import main
 
-pytest.importorskip("imagegen_server.app")
-
 
 def test_demo_writes_images_and_prints_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
