@@ -22,6 +22,7 @@ import {
   type AttemptStarted,
   type GenerationOptions,
   type Heartbeat,
+  type ModelFallback,
   type Preview,
 } from "./gen/imagegen/v1/image_generation_service_pb.js";
 import {
@@ -133,8 +134,9 @@ export interface ImagegenClientOptions {
 /**
  * One progress event of a stream: a discriminated union on `case`
  * (`accepted`, `attemptStarted`, `attemptFailed`, `heartbeat`, `preview`,
- * `completed`). The last event of a successful stream is `completed`; a failed
- * stream throws an {@link ImagegenError} instead.
+ * `modelFallback`, `completed`). The last event of a successful stream is
+ * `completed`; a failed stream throws an {@link ImagegenError} instead.
+ * Events added to the protocol later are skipped, so switch with a default.
  */
 export type StreamEvent =
   | { case: "accepted"; value: Accepted }
@@ -142,6 +144,7 @@ export type StreamEvent =
   | { case: "attemptFailed"; value: AttemptFailed }
   | { case: "heartbeat"; value: Heartbeat }
   | { case: "preview"; value: Preview }
+  | { case: "modelFallback"; value: ModelFallback }
   | { case: "completed"; value: Generation };
 
 /** Builds a user turn (prompt text, then any images) for a Refine history. */
