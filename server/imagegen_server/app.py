@@ -95,7 +95,11 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         else:
             upstream_url, api_key = config.upstream_url or GOOGLE_BASE_URL, config.api_key
             log.info("upstream Gemini at %s (%s)", upstream_url, config.api_version)
-        client = await stack.enter_async_context(GeminiClient(upstream_url, api_key, api_version=config.api_version))
+        client = await stack.enter_async_context(
+            GeminiClient(
+                upstream_url, api_key, api_version=config.api_version, idle_timeout=config.upstream_idle_timeout
+            )
+        )
         metrics = Metrics()
         pipeline = Pipeline(config, client, observer=metrics)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None

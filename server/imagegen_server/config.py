@@ -56,6 +56,13 @@ class ServerConfig:
     retry_budget_percent: float = 20.0
     retry_budget_min_retries: int = 20
     retry_budget_window: float = 60.0
+    #: Longest silence once an upstream answer has begun (headers received):
+    #: a body or SSE stream that sends no bytes for this long fails the
+    #: attempt as a timeout, which is retried.
+    upstream_idle_timeout: float = 60.0
+    #: Longest a call may take, whatever deadline the caller sent (or none):
+    #: a silent upstream cannot hold a call and its concurrency slot forever.
+    max_call_duration: float = 180.0
     #: Concurrent upstream calls; beyond it, requests queue for up to
     #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
     max_concurrency: int = 16
@@ -258,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="retry_budget_window",
         type=float,
         help="the retry budget's sliding window, seconds (default 60)",
+    )
+    p.add_argument(
+        "--upstream-idle-timeout",
+        dest="upstream_idle_timeout",
+        type=float,
+        help="fail an upstream attempt whose answer sends no bytes for this long, seconds",
+    )
+    p.add_argument(
+        "--max-call-duration",
+        dest="max_call_duration",
+        type=float,
+        help="longest a call may take, also when the caller sends no deadline, seconds",
     )
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")

@@ -272,6 +272,16 @@ def deadline_exceeded(metadata: Mapping[str, str]) -> ServiceError:
     )
 
 
+def max_duration_exceeded(limit: float, metadata: Mapping[str, str]) -> ServiceError:
+    """DEADLINE_EXCEEDED: the call ran past the server's maximum call duration (the caller's deadline was later)."""
+    return build(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the call reached the server's maximum call duration of {limit:g}s; send a deadline to choose your own",
+        ErrorReason.ERROR_REASON_MAX_DURATION_EXCEEDED,
+        {**metadata, "maxCallDuration": f"{limit:g}s"},
+    )
+
+
 def internal(metadata: Mapping[str, str]) -> ServiceError:
     """INTERNAL for anything unexpected: a generic message, details only in the server log."""
     return build(grpc.StatusCode.INTERNAL, "internal server error", ErrorReason.ERROR_REASON_INTERNAL, metadata)

@@ -74,8 +74,11 @@ class _Call:
     #: ErrorInfo metadata of every status this request may end with.
     meta: Mapping[str, str]
     start: float
-    #: Our own deadline (the caller's minus DEADLINE_MARGIN), on the pipeline's clock.
-    deadline: float | None
+    #: Our own deadline (the caller's minus DEADLINE_MARGIN, at most the
+    #: server's maximum call duration), on the pipeline's clock.
+    deadline: float
+    #: True when the server's maximum call duration, not the caller, set the deadline.
+    capped: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,12 @@ class Pipeline:
         if self.draining:
             raise errors.shutting_down(meta)
         start = self._clock.now()
-        deadline = None if time_remaining is None else start + time_remaining - DEADLINE_MARGIN
+        limit = self._config.max_call_duration
+        # A caller without a deadline (or with a longer one) still gets an end:
+        # a silent upstream must not hold the call and its slot forever.
+        own = None if time_remaining is None else time_remaining - DEADLINE_MARGIN
+        capped = own is None or own > limit
+        deadline = start + (limit if own is None or own > limit else own)
         validated = validate(request, self._config, history=history)
         generation_id = uuid.uuid4().hex
         meta["generationId"] = generation_id
@@ -181,6 +189,7 @@ class Pipeline:
             meta=meta,
             start=start,
             deadline=deadline,
+            capped=capped,
         )
         if not call.request_id:
             async for event in self._generate(call):
@@ -307,15 +316,9 @@ class Pipeline:
             failure.error.kind.name,
             failure.stop_reason,
         )
-        if (
-            failure.error.kind is ErrorKind.DEADLINE_EXCEEDED
-            and call.deadline is not None
-            and now >= call.deadline - DEADLINE_MARGIN
-        ):
+        if failure.error.kind is ErrorKind.DEADLINE_EXCEEDED and now >= call.deadline - DEADLINE_MARGIN:
             # Upstream was still working when the caller's time ran out.
-            return errors.deadline_exceeded(
-                {**call.meta, "attempts": str(failure.attempts), "stopReason": failure.stop_reason}
-            )
+            return self._deadline_error(call, {"attempts": str(failure.attempts), "stopReason": failure.stop_reason})
         return errors.from_upstream(
             failure.error,
             attempts=failure.attempts,
@@ -337,12 +340,16 @@ class Pipeline:
             self._budgets[model] = budget
         return budget
 
-    async def _acquire_slot(self, deadline: float | None, meta: Mapping[str, str]) -> None:
+    def _deadline_error(self, call: _Call, extra: Mapping[str, str]) -> ServiceError:
+        """DEADLINE_EXCEEDED for a call whose time ran out, saying whose limit it was."""
+        if call.capped:
+            return errors.max_duration_exceeded(self._config.max_call_duration, {**call.meta, **extra})
+        return errors.deadline_exceeded({**call.meta, **extra})
+
+    async def _acquire_slot(self, deadline: float, meta: Mapping[str, str]) -> None:
         # One slot per request, held across its retries and waits: the limit
         # bounds concurrent requests to upstream, not just concurrent sockets.
-        wait = self._config.queue_timeout
-        if deadline is not None:
-            wait = min(wait, max(deadline - self._clock.now(), 0.0))
+        wait = min(self._config.queue_timeout, max(deadline - self._clock.now(), 0.0))
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()

@@ -440,6 +440,8 @@ def _no_drafts(_: InlineImage) -> None:
         (_trickle_body, {"read_timeout": 0.2}, {}),
         (_stall_stream, {"read_timeout": 0.2}, {"on_draft": _no_drafts}),
         (_stall_stream, {}, {"timeout": 0.3, "on_draft": _no_drafts}),
+        (_trickle_body, {"idle_timeout": 0.2}, {}),
+        (_stall_stream, {"idle_timeout": 0.2}, {"on_draft": _no_drafts}),
     ],
     ids=[
         "first-byte-read-timeout",
@@ -448,6 +450,8 @@ def _no_drafts(_: InlineImage) -> None:
         "body-read-timeout",
         "stream-read-timeout",
         "stream-call-timeout",
+        "body-idle-timeout",
+        "stream-idle-timeout",
     ],
 )
 async def test_timeouts_are_deadline_exceeded(
@@ -460,6 +464,19 @@ async def test_timeouts_are_deadline_exceeded(
             await client.generate(request(), **call_kw)
     assert info.value.kind is ErrorKind.DEADLINE_EXCEEDED, info.value.message
     assert time.monotonic() - started < 2
+    assert ("idle timeout" in info.value.message) == ("idle_timeout" in client_kw)
+
+
+async def test_the_idle_timeout_does_not_bound_the_wait_for_headers(upstream: Upstream) -> None:
+    # A unary answer's headers come only when the image is done: that wait is the call timeout's.
+    async def slow_then_ok(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.4)
+        return web.json_response(SUCCESS)
+
+    upstream.handler = slow_then_ok
+    async with GeminiClient(upstream.url, KEY, idle_timeout=0.1) as client:
+        result = await client.generate(request())
+    assert result.image.data
 
 
 # ---------------------------------------------------------------------------

@@ -153,8 +153,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     images; do not retry unchanged.
     """
     ERROR_REASON_MAX_DURATION_EXCEEDED: _ErrorReason.ValueType  # 27
-    """DEADLINE_EXCEEDED. Reserved for the server's maximum call duration: the
-    call sent no deadline (or a longer one) and ran past the server's limit.
+    """DEADLINE_EXCEEDED. The call sent no deadline (or a longer one) and ran
+    past the server's maximum call duration (`--max-call-duration`).
+    Metadata: `maxCallDuration`. Send a deadline to choose your own.
     """
     ERROR_REASON_SHARED_STATE_UNAVAILABLE: _ErrorReason.ValueType  # 28
     """UNAVAILABLE. Reserved for shared state (several replicas): the state
@@ -315,8 +316,9 @@ larger than this method accepts. Metadata: `limitBytes`. Send smaller
 images; do not retry unchanged.
 """
 ERROR_REASON_MAX_DURATION_EXCEEDED: ErrorReason.ValueType  # 27
-"""DEADLINE_EXCEEDED. Reserved for the server's maximum call duration: the
-call sent no deadline (or a longer one) and ran past the server's limit.
+"""DEADLINE_EXCEEDED. The call sent no deadline (or a longer one) and ran
+past the server's maximum call duration (`--max-call-duration`).
+Metadata: `maxCallDuration`. Send a deadline to choose your own.
 """
 ERROR_REASON_SHARED_STATE_UNAVAILABLE: ErrorReason.ValueType  # 28
 """UNAVAILABLE. Reserved for shared state (several replicas): the state

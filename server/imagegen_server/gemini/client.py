@@ -62,8 +62,12 @@ class GeminiClient:
     or an emulator's ``http://127.0.0.1:PORT``); ``api_version`` is ``v1beta``
     or ``v1``. ``connect_timeout`` bounds opening a connection;
     ``read_timeout`` (None: unbounded) bounds each wait for bytes from the
-    socket, first byte included. The ``timeout`` of :meth:`generate` bounds the
-    whole call, body included.
+    socket, first byte included. ``idle_timeout`` (None: unbounded) bounds
+    each wait for body bytes once the answer's headers have arrived, for a
+    unary body and an SSE stream alike: a body that stalls fails the call as
+    DEADLINE_EXCEEDED. The time to the headers is not bounded by it, because
+    Gemini sends a unary answer's headers only when the image is done. The
+    ``timeout`` of :meth:`generate` bounds the whole call, body included.
 
     Use as ``async with GeminiClient(...) as client:`` or call :meth:`aclose`.
     """
@@ -76,6 +80,7 @@ class GeminiClient:
         api_version: str = "v1beta",
         connect_timeout: float = 10.0,
         read_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
@@ -86,6 +91,7 @@ class GeminiClient:
         self._api_version = api_version.strip("/")
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
+        self._idle_timeout = idle_timeout
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -239,8 +245,14 @@ class GeminiClient:
                 logger.debug("Gemini answered HTTP %d (%s)", resp.status, resp.content_type)
                 if on_draft is not None and 200 <= resp.status < 300:
                     return await self._read_stream(resp, model, on_draft)
-                raw = await resp.read()
+                raw = await self._read_body(resp)
                 status, reason, resp_headers = resp.status, resp.reason or "", resp.headers
+        except _IdleTimeout:
+            raise UpstreamError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"Gemini's answer stalled: no bytes for {self._idle_timeout:g}s (idle timeout)",
+                model=model,
+            ) from None
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamError(
                 ErrorKind.DEADLINE_EXCEEDED,
@@ -274,7 +286,7 @@ class GeminiClient:
         parser = SSEParser()
         acc = ResponseAccumulator(model=model, streaming=True)
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk := await self._next_chunk(resp):
                 for payload in parser.feed(chunk):
                     await self._stream_event(acc, payload, on_draft)
             for payload in parser.close():
@@ -283,6 +295,26 @@ class GeminiClient:
             raise UpstreamError(ErrorKind.MALFORMED, f"malformed Gemini stream: {exc}", model=model) from None
         logger.debug("Gemini stream ended after %d events", acc.chunks)
         return acc.result()
+
+    async def _next_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body's next bytes (``b""`` at its end); :class:`_IdleTimeout` when none come for ``idle_timeout``."""
+        idle = asyncio.timeout(self._idle_timeout)
+        try:
+            async with idle:
+                return await resp.content.readany()
+        except TimeoutError:
+            # aiohttp's sock_read timeout is a TimeoutError too: only ours is renamed,
+            # apart from the call timeout, which generate() reports itself.
+            if idle.expired():
+                raise _IdleTimeout from None
+            raise
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, each wait for bytes bounded by ``idle_timeout``."""
+        chunks: list[bytes] = []
+        while chunk := await self._next_chunk(resp):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _stream_event(self, acc: ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
         drafts = await self._in_thread_if(len(payload) > _THREAD_THRESHOLD, acc.add_json, payload)
@@ -321,6 +353,10 @@ class GeminiClient:
                 for v in error.field_violations
             )
         return error
+
+
+class _IdleTimeout(Exception):
+    """No body bytes for ``idle_timeout`` seconds (kept apart from the call's TimeoutError)."""
 
 
 class _DraftCallbackError(Exception):

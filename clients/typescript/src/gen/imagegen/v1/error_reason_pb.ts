@@ -277,8 +277,9 @@ export enum ErrorReason {
   REQUEST_TOO_LARGE = 26,
 
   /**
-   * DEADLINE_EXCEEDED. Reserved for the server's maximum call duration: the
-   * call sent no deadline (or a longer one) and ran past the server's limit.
+   * DEADLINE_EXCEEDED. The call sent no deadline (or a longer one) and ran
+   * past the server's maximum call duration (`--max-call-duration`).
+   * Metadata: `maxCallDuration`. Send a deadline to choose your own.
    *
    * @generated from enum value: ERROR_REASON_MAX_DURATION_EXCEEDED = 27;
    */
