@@ -34,10 +34,12 @@ async def test_a_unary_body_that_stalls_is_retried_then_fails_as_upstream_timeou
     make_server: ServerFactory, emulator: Emulator
 ) -> None:
     stall = emulator.scenario(f"slow_body:{FOREVER}")
-    async with make_server(upstream_idle_timeout=0.3, max_attempts=2) as server:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await Stub(channel).Generate(pb.GenerateRequest(prompt=f"x {stall.marker}"), timeout=30)
+    async with (
+        make_server(upstream_idle_timeout=0.3, max_attempts=2) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await Stub(channel).Generate(pb.GenerateRequest(prompt=f"x {stall.marker}"), timeout=30)
     d = details_of(info.value)
     assert (d.code, d.reason, d.metadata["attempts"]) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "2")
     assert "idle timeout" in d.message
@@ -46,7 +48,9 @@ async def test_a_unary_body_that_stalls_is_retried_then_fails_as_upstream_timeou
 
 
 @pytest.mark.parametrize("rpc", ["unary", "stream"])
-async def test_a_stalled_answer_is_a_retryable_timeout(make_server: ServerFactory, emulator: Emulator, rpc: str) -> None:
+async def test_a_stalled_answer_is_a_retryable_timeout(
+    make_server: ServerFactory, emulator: Emulator, rpc: str
+) -> None:
     # thoughts:2 makes the SSE answer several events, so the stall comes after real progress.
     stall_then_ok = emulator.scenario(f"slow_body:{FOREVER}+thoughts:2", "ok")
     async with make_server(upstream_idle_timeout=0.3) as server, grpc.aio.insecure_channel(server.target) as channel:
