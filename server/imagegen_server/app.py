@@ -57,11 +57,29 @@ class RunningServer:
         return host_port(self.host, self.port)
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds."""
+        """Drain: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds.
+
+        During the grace gRPC still accepts calls, so a late caller gets the
+        pipeline's UNAVAILABLE / SHUTTING_DOWN with RetryInfo rather than a bare
+        transport error. Calls still running just before the grace ends are
+        ended by the pipeline with that same status (their upstream requests
+        aborted); then gRPC stops, cutting only what is outside the pipeline
+        (health watches).
+        """
         grace = self.shutdown_grace if grace is None else grace
         self.pipeline.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        margin = _cut_off_margin(grace)
+        if not await self.pipeline.drained(grace - margin):
+            ended = self.pipeline.cut_off()
+            log.info("shutdown grace over: ended %d call(s) in flight with SHUTTING_DOWN", ended)
+        await self.server.stop(margin)
+
+
+def _cut_off_margin(grace: float) -> float:
+    """How long before the end of the grace the pipeline ends its calls: time
+    for their statuses to go out before gRPC cancels whatever is left."""
+    return min(0.5, grace / 4)
 
 
 @contextlib.asynccontextmanager

@@ -258,10 +258,19 @@ def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
     )
 
 
+#: RetryInfo of SHUTTING_DOWN: long enough for a load balancer to see NOT_SERVING
+#: and send the retry to another replica.
+SHUTDOWN_RETRY_DELAY = 1.0
+
+
 def shutting_down(metadata: Mapping[str, str] | None = None) -> ServiceError:
-    """UNAVAILABLE: the server is draining; another replica (or a restart) can serve it."""
+    """UNAVAILABLE: the server is draining (or its grace ended); another replica (or a restart) can serve it."""
     return build(
-        grpc.StatusCode.UNAVAILABLE, "server is shutting down", ErrorReason.ERROR_REASON_SHUTTING_DOWN, metadata
+        grpc.StatusCode.UNAVAILABLE,
+        "server is shutting down; retry, another replica can serve it",
+        ErrorReason.ERROR_REASON_SHUTTING_DOWN,
+        metadata,
+        retry_delay=SHUTDOWN_RETRY_DELAY,
     )
 
 

@@ -155,7 +155,13 @@ class Pipeline:
         self._cache: IdempotencyCache[image_pb2.Generation] = IdempotencyCache(
             config.idempotency_ttl, config.idempotency_max_entries, clock.now
         )
+        #: Refuse new calls (shutdown has begun); calls in flight go on.
         self.draining = False
+        #: The tasks running a call right now, so shutdown can end them with details.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cutting_off = False
 
     async def events(
         self,
@@ -170,6 +176,63 @@ class Pipeline:
         meta: dict[str, str] = {"requestId": request.options.request_id}
         if self.draining:
             raise errors.shutting_down(meta)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - grpc.aio runs every handler in a task
+            raise RuntimeError("Pipeline.events must run in a task")
+        self._calls.add(task)
+        self._idle.clear()
+        try:
+            async for event in self._call(
+                request, meta, method=method, history=history, time_remaining=time_remaining, previews=previews
+            ):
+                yield event
+        except asyncio.CancelledError:
+            if not self._cutting_off:
+                raise  # the caller hung up or its deadline passed: nobody to tell
+            # Our own cut-off at the end of the shutdown grace: say so, with details.
+            task.uncancel()
+            raise errors.shutting_down(meta) from None
+        finally:
+            self._calls.discard(task)
+            if not self._calls:
+                self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running right now."""
+        return len(self._calls)
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the calls in flight to end; True if none is left."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._idle.wait()
+        return self._idle.is_set()
+
+    def cut_off(self) -> int:
+        """End every call in flight now with UNAVAILABLE / SHUTTING_DOWN and RetryInfo.
+
+        For the end of the shutdown grace: the calls abort with details (their
+        upstream requests aborted too) instead of being cut by gRPC with a bare
+        status. Refuses new calls from now on. Returns how many were ended.
+        """
+        self.draining = True
+        self._cutting_off = True
+        for task in self._calls:
+            task.cancel()
+        return len(self._calls)
+
+    async def _call(
+        self,
+        request: GenerationMessage,
+        meta: dict[str, str],
+        *,
+        method: str,
+        history: Sequence[image_pb2.Turn] | None,
+        time_remaining: float | None,
+        previews: bool,
+    ) -> AsyncIterator[Event]:
+        """One accepted call: validate, deduplicate, generate."""
         start = self._clock.now()
         limit = self._config.max_call_duration
         # A caller without a deadline (or with a longer one) still gets an end:

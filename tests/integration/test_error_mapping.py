@@ -193,28 +193,40 @@ async def test_shutdown_drains_in_flight_calls_and_refuses_new_ones(
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Generate(pb.GenerateRequest(prompt="a new call"), timeout=2)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        refused = details_of(info.value)
+        assert (refused.code, refused.reason, refused.retry_delay) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "SHUTTING_DOWN",
+            1.0,
+        )
         watch.cancel()  # an open Watch stream would hold the server for the whole grace
         response = await in_flight
         assert response.generation.image.data  # the in-flight call finished within the grace
         await stopping
 
 
-async def test_shutdown_cancels_calls_beyond_the_grace(make_server: ServerFactory, emulator: Emulator) -> None:
+async def test_shutdown_ends_calls_beyond_the_grace_with_details(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
     slow = emulator.scenario("latency:10+ok")
     async with make_server() as server, grpc.aio.insecure_channel(server.target) as channel:
         stub = Stub(channel)
-        in_flight = asyncio.ensure_future(stub.Generate(pb.GenerateRequest(prompt=f"x {slow.marker}"), timeout=20))
-        await asyncio.sleep(0.2)
-        await server.shutdown(grace=0.2)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await in_flight
-        assert info.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-        for _ in range(100):
-            if slow.stats.aborted:
-                break
-            await asyncio.sleep(0.01)
-        assert slow.stats.aborted == 1
+        unary = asyncio.ensure_future(stub.Generate(pb.GenerateRequest(prompt=f"x {slow.marker}"), timeout=20))
+        stream = stub.GenerateStream(pb.GenerateStreamRequest(prompt=f"x {slow.marker}"), timeout=20)
+        assert (await stream.read()).WhichOneof("event") == "accepted"
+        await slow.wait_for(lambda s: s.received == 2)
+        await server.shutdown(grace=0.4)
+        with pytest.raises(grpc.aio.AioRpcError) as unary_error:
+            await unary
+        with pytest.raises(grpc.aio.AioRpcError) as stream_error:
+            while await stream.read() is not grpc.aio.EOF:
+                pass
+        for err in (unary_error.value, stream_error.value):
+            d = details_of(err)
+            assert (d.code, d.reason, d.retry_delay) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", 1.0)
+            assert d.metadata["generationId"]
+        await slow.wait_for(lambda s: s.aborted == 2)
+        assert slow.stats.completed == 0
 
 
 async def test_missing_signature_upstream_names_the_history_part(stub: Stub, emulator: Emulator) -> None:

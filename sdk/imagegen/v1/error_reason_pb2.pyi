@@ -96,10 +96,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     after the `RetryInfo` delay is always safe.
     """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 15
-    """UNAVAILABLE. The server is draining for shutdown and refused the call
-    (later versions also end calls cut off at the end of the grace period
-    with it, with `RetryInfo`). Retry against another replica or after the
-    restart.
+    """UNAVAILABLE. The server is draining for shutdown and refused the call,
+    or ended it because it was still running at the end of the grace period
+    (its upstream request is aborted). `RetryInfo` says when to retry:
+    against another replica, or after the restart.
     """
     ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 16
     """DEADLINE_EXCEEDED. The caller's own deadline ran out while the server
@@ -259,10 +259,10 @@ queue timeout; the call was rejected before any upstream work, so a retry
 after the `RetryInfo` delay is always safe.
 """
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 15
-"""UNAVAILABLE. The server is draining for shutdown and refused the call
-(later versions also end calls cut off at the end of the grace period
-with it, with `RetryInfo`). Retry against another replica or after the
-restart.
+"""UNAVAILABLE. The server is draining for shutdown and refused the call,
+or ended it because it was still running at the end of the grace period
+(its upstream request is aborted). `RetryInfo` says when to retry:
+against another replica, or after the restart.
 """
 ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 16
 """DEADLINE_EXCEEDED. The caller's own deadline ran out while the server

@@ -172,10 +172,10 @@ export enum ErrorReason {
   OVERLOADED = 14,
 
   /**
-   * UNAVAILABLE. The server is draining for shutdown and refused the call
-   * (later versions also end calls cut off at the end of the grace period
-   * with it, with `RetryInfo`). Retry against another replica or after the
-   * restart.
+   * UNAVAILABLE. The server is draining for shutdown and refused the call,
+   * or ended it because it was still running at the end of the grace period
+   * (its upstream request is aborted). `RetryInfo` says when to retry:
+   * against another replica, or after the restart.
    *
    * @generated from enum value: ERROR_REASON_SHUTTING_DOWN = 15;
    */
