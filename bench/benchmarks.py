@@ -10,7 +10,7 @@ import asyncio
 import time
 from functools import partial
 
-from bench.harness import PROMPT, SEED, BenchConfig, Result, Target, latency_results, sample_pair, timed
+from bench.harness import PROMPT, SEED, SMALL, BenchConfig, Result, Target, latency_results, sample_pair, timed
 from imagegen import AsyncClient, Client
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen_server.app import RunningServer, run_server
@@ -98,7 +98,9 @@ async def _batch(client: AsyncClient, prompt: str, count: int) -> None:
 
 
 async def _throughput(max_concurrency: int, config: BenchConfig) -> Result:
-    async with run_server(ServerConfig(port=0, max_concurrency=max_concurrency)) as server:
+    async with run_server(
+        ServerConfig(port=0, max_concurrency=max_concurrency, emulator_image_profile=SMALL)
+    ) as server:
         scenario = embedded_emulator(server).scenario(f"latency:{config.latency:g}+ok")
         async with AsyncClient(server.target) as client:
             await _batch(client, PROMPT, config.concurrent)  # warm-up, no latency

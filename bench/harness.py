@@ -15,6 +15,10 @@ from typing import Literal
 #: cache hit, so timings measure the request path and not PNG encoding.
 PROMPT = "a red fox in the snow, benchmark"
 SEED = 7
+#: The per-call overhead benchmarks (``bench/run.py``) use the emulator's small
+#: images, so they measure the fixed cost of a call; ``bench/compare.py`` and
+#: the memory benchmark use Gemini-sized ones.
+SMALL = "small"
 
 Detail = float | int | str
 

@@ -1,9 +1,7 @@
 """4. Memory: peak RSS growth of the gateway per in-flight large-image request.
 
-The emulator's own PNGs are flat gradients (a 4K one is about 0.3 MB), so here
-it draws photo-sized images instead: half noise, half flat, about 1.5 bytes a
-pixel like a photographic PNG (2K: 6.3 MB, 4K: 25 MB), at the model's real
-pixel size.
+The emulator serves its realistic images: PNGs as large as Gemini's at the
+model's real pixel size (2K: about 6 MB, 4K: about 22 MB).
 
 The gateway runs alone in a child process (``python -m bench.memory``) so its
 RSS holds nothing but the server; the emulator and the clients stay in the
@@ -22,16 +20,12 @@ but resettable, so each burst is measured on its own.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import random
 import statistics
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-
-from PIL import Image
 
 from bench.benchmarks import upstream_request
 from bench.harness import PROMPT, SEED, BenchConfig, Result, Target
@@ -39,8 +33,6 @@ from imagegen import AsyncClient
 from imagegen_server.app import run_server
 from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import Emulator
-from imagegen_server.emulator.app import STATE
-from imagegen_server.emulator.render import Renderer, RenderKey
 from imagegen_server.gemini.client import GeminiClient
 
 #: Bytes the gateway may hold per in-flight request, as a multiple of the image's size.
@@ -56,32 +48,6 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 def supported() -> bool:
     """True where the child can read and reset its peak RSS."""
     return _STATUS.exists() and _CLEAR_REFS.exists()
-
-
-# ------------------------------------------------------------------------------ photo-sized images
-
-
-def photo_sized_png(width: int, height: int) -> bytes:
-    """A PNG whose top half is noise: about 1.5 bytes per pixel, like a photograph."""
-    noisy_rows = height // 2
-    pixels = random.Random(0).randbytes(width * noisy_rows * 3) + bytes(width * (height - noisy_rows) * 3)
-    out = io.BytesIO()
-    Image.frombytes("RGB", (width, height), pixels).save(out, "PNG", compress_level=1)
-    return out.getvalue()
-
-
-class PhotoSizedRenderer(Renderer):
-    """An emulator renderer that answers every image with :func:`photo_sized_png`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._photos: dict[tuple[int, int], bytes] = {}
-
-    async def render(self, key: RenderKey) -> bytes:
-        size = key.output_size()
-        if size not in self._photos:
-            self._photos[size] = await asyncio.to_thread(photo_sized_png, *size)
-        return self._photos[size]
 
 
 # ----------------------------------------------------------------------------------- child side
@@ -213,8 +179,7 @@ async def memory(config: BenchConfig) -> list[Result]:
     if not supported():
         print("memory benchmark skipped: needs Linux /proc", file=sys.stderr)
         return []
-    async with Emulator(port=0) as emulator:
-        emulator.app[STATE].renderer = PhotoSizedRenderer()
+    async with Emulator(port=0, image_profile="realistic") as emulator:
         return [await _measure(emulator, size, config) for size in config.memory_sizes]
 
 

@@ -20,7 +20,7 @@ if not __package__:  # run as a script: make ``bench`` importable from the repo 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.benchmarks import concurrency, gateway_overhead, streaming_overhead, sync_vs_async
-from bench.harness import BenchConfig, Result, format_table, write_json
+from bench.harness import SMALL, BenchConfig, Result, format_table, write_json
 from bench.memory import memory
 from imagegen import AsyncClient
 from imagegen_server.app import run_server
@@ -32,7 +32,10 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 async def run_all(config: BenchConfig) -> list[Result]:
     """Every benchmark, in order; each result carries its same-run baseline."""
     results: list[Result] = []
-    async with run_server(ServerConfig(port=0)) as server, AsyncClient(server.target) as client:
+    async with (
+        run_server(ServerConfig(port=0, emulator_image_profile=SMALL)) as server,
+        AsyncClient(server.target) as client,
+    ):
         results += await gateway_overhead(server, client, config)
         results += await streaming_overhead(client, config)
         results += await sync_vs_async(server, client, config)

@@ -1,11 +1,13 @@
-"""The benchmark harness runs end to end in its smallest mode (no timing assertions)."""
+"""The benchmarks run end to end in their smallest modes (no timing assertions)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
 
+from bench.compare import PATHS, CompareConfig, compare, format_report
 from bench.harness import BenchConfig, write_json
 from bench.memory import supported
 from bench.run import run_all
@@ -28,3 +30,20 @@ async def test_every_benchmark_produces_a_ratio(tmp_path: Path) -> None:
     assert len(rows) == len(results)
     for row in rows:
         assert {"name", "metric", "baseline", "measured", "ratio", "target", "met"} <= row.keys()
+
+
+def test_compare_runs_every_section_in_smoke_mode() -> None:
+    # Sync test: compare() starts its own event loop and server processes.
+    report = asyncio.run(compare(CompareConfig.smoke(), "python -m bench compare --smoke"))
+
+    for cell in report.cells:
+        assert set(cell.runs) == set(PATHS)
+        assert all(cell.rps(path) > 0 and cell.latency_ms(path, 99) > 0 for path in PATHS)
+    assert [cost.path for cost in report.cpu] == list(PATHS)
+    assert all(cost.client > 0 for cost in report.cpu)
+    assert {b.path for b in report.bursts} == {"gateway-stream", "relay"}
+    assert {b.path for b in report.memory} == {"gateway", "relay"}
+    assert all(b.rss_peak >= b.rss_before > 0 and b.image_bytes > 0 for b in report.bursts + report.memory)
+    text = format_report(report)
+    for heading in ("## Emulator", "## Throughput and latency", "## CPU seconds", "in flight at", "## Issue 13"):
+        assert heading in text
