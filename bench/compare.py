@@ -40,7 +40,7 @@ import grpc
 import imagegen
 from bench import seed_client
 from bench.harness import PROMPT, SEED, percentile
-from bench.procs import Child, child, supported
+from bench.procs import Child, child, children, supported
 from bench.relay import MESSAGE_OPTIONS, MODEL
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
@@ -463,8 +463,9 @@ async def compare(config: CompareConfig, command: str) -> Report:
         emulator = await stack.enter_async_context(child("emulator", config.profile))
         url = emulator.address
         top = max(config.concurrencies)
-        gateway = await stack.enter_async_context(child("gateway", url, str(top), api_key=DEFAULT_API_KEY))
-        relay = await stack.enter_async_context(child("relay", url, api_key=DEFAULT_API_KEY))
+        gateway, relay = await stack.enter_async_context(
+            children(("gateway", url, str(top)), ("relay", url), api_key=DEFAULT_API_KEY)
+        )
         cl = await stack.enter_async_context(clients(url, gateway.address, relay.address))
         print("throughput and latency", flush=True)
         emulator_before = (await emulator.ask("mark"))["cpu"]

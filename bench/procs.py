@@ -167,35 +167,54 @@ class Child:
         return answer
 
 
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        assert process.stdin is not None
+        process.stdin.close()  # end of input: the child shuts down
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@asynccontextmanager
+async def children(*specs: tuple[str, ...], api_key: str = "") -> AsyncIterator[list[Child]]:
+    """Start ``python -m bench.procs KIND ARGS`` for each ``(KIND, *ARGS)`` spec, all at
+    once (their imports overlap), and yield them when all are ready; stop them on exit."""
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        for kind, *args in specs:
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.procs",
+                    kind,
+                    *args,
+                    cwd=REPO,
+                    env={**os.environ, KEY_ENV: api_key},
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
+        ready = []
+        for (kind, *_), process in zip(specs, processes, strict=True):
+            assert process.stdout is not None
+            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().split()
+            if line[:1] != ["ready"]:
+                raise RuntimeError(f"{kind} child did not start (said {line!r})")
+            ready.append(Child(process, line[1]))
+        yield ready
+    finally:
+        await asyncio.gather(*(_stop(process) for process in processes))
+
+
 @asynccontextmanager
 async def child(kind: str, *args: str, api_key: str = "") -> AsyncIterator[Child]:
-    """Start ``python -m bench.procs KIND ARGS``; stop it (closing its stdin) on exit."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.procs",
-        kind,
-        *args,
-        cwd=REPO,
-        env={**os.environ, KEY_ENV: api_key},
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().split()
-        if line[:1] != ["ready"]:
-            raise RuntimeError(f"{kind} child did not start (said {line!r})")
-        yield Child(process, line[1])
-    finally:
-        if process.returncode is None:
-            assert process.stdin is not None
-            process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    """Start one server child (see :func:`children`)."""
+    async with children((kind, *args), api_key=api_key) as (started,):
+        yield started
 
 
 if __name__ == "__main__":

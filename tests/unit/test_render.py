@@ -47,10 +47,8 @@ def test_adler32_combine_matches_zlib() -> None:
 @pytest.mark.parametrize(
     ("size", "ratio", "low", "high"),
     [
-        ("1K", "1:1", 1.2 * MB, 2 * MB),
         ("1K", "21:9", 1.2 * MB, 2 * MB),
         ("2K", "1:1", 5 * MB, 8 * MB),
-        ("2K", "9:16", 5 * MB, 8 * MB),
     ],
 )
 def test_realistic_images_are_as_large_as_geminis(size: str, ratio: str, low: float, high: float) -> None:
@@ -77,7 +75,6 @@ def test_realistic_images_are_deterministic_and_differ_by_input() -> None:
     [
         ("gemini-2.5-flash-image", "", "21:9"),
         ("gemini-3.1-flash-image", "512", "1:1"),
-        ("gemini-3.1-flash-image", "1K", "8:1"),
         ("gemini-3.1-flash-image", "1K", "1:8"),
     ],
 )
