@@ -9,11 +9,13 @@ from __future__ import annotations
 import grpc
 
 from imagegen import (
+    AuthenticationError,
     ContentPolicyError,
     DeadlineExceededError,
     ImagegenError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     UnavailableError,
 )
@@ -27,18 +29,24 @@ EXIT_UNAVAILABLE = 5
 EXIT_NOT_FOUND = 6
 #: ``imagegen serve`` could not listen (``imagegen_server.cli.EXIT_CANNOT_LISTEN``, the same number).
 EXIT_CANNOT_LISTEN = 7
+EXIT_NOT_AUTHORIZED = 8
 EXIT_INTERRUPTED = 130
 
 #: Every exit code and what it means, in order.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
     (EXIT_OTHER, "any other error (no image in the answer, an internal error, a missing extra)"),
-    (EXIT_USAGE, "invalid input: a flag, --target, a local file or a request field"),
+    (
+        EXIT_USAGE,
+        "invalid input: a flag, --target, a local file or a request field; "
+        "serve: a flag combination it refuses (e.g. a public --host without TLS and auth)",
+    ),
     (EXIT_CONTENT_BLOCKED, "content blocked by the model's safety filters"),
     (EXIT_RATE_LIMITED, "rate limited or quota exhausted"),
     (EXIT_UNAVAILABLE, "server unreachable or unavailable, or the deadline passed"),
     (EXIT_NOT_FOUND, "not found (an unknown model or health service)"),
     (EXIT_CANNOT_LISTEN, "serve: the port is already in use, or the address cannot be bound"),
+    (EXIT_NOT_AUTHORIZED, "no valid credentials (token or client certificate), or the method is not allowed"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 
@@ -50,6 +58,8 @@ _ERROR_EXIT_CODES: tuple[tuple[type[ImagegenError], int], ...] = (
     (UnavailableError, EXIT_UNAVAILABLE),
     (DeadlineExceededError, EXIT_UNAVAILABLE),
     (NotFoundError, EXIT_NOT_FOUND),
+    (AuthenticationError, EXIT_NOT_AUTHORIZED),
+    (PermissionDeniedError, EXIT_NOT_AUTHORIZED),
 )
 
 
@@ -90,6 +100,7 @@ def describe_error(error: ImagegenError, target: str) -> str:
         EXIT_RATE_LIMITED: "rate limited",
         EXIT_UNAVAILABLE: "unavailable" if isinstance(error, UnavailableError) else "deadline exceeded",
         EXIT_NOT_FOUND: "not found",
+        EXIT_NOT_AUTHORIZED: "not authorized",
     }.get(exit_code_for(error), type(error).__name__)
     text = f"{label}: {error}"
     if isinstance(error, ContentPolicyError):

@@ -12,6 +12,8 @@ from imagegen_cli.exit_codes import UsageError
 from imagegen_cli.targets import parse_target
 
 TARGET_ENV = "IMAGEGEN_TARGET"
+#: The bearer token, from the environment only (a flag value would show in ``ps``).
+TOKEN_ENV = "IMAGEGEN_TOKEN"
 
 #: How the server turns --width/--height into what Gemini can make (said in help, README and the result line).
 SIZE_ROUNDING = (
@@ -40,6 +42,11 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
         "--client-cert", metavar="PEM", help="client certificate for servers that require one (mutual TLS)"
     )
     parser.add_argument("--client-key", metavar="PEM", help="private key of --client-cert")
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"send the bearer token in this file (default: ${TOKEN_ENV}, if set)",
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +78,25 @@ def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | N
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
 
+def bearer_token(args: argparse.Namespace) -> str | None:
+    """The token of ``--token-file``, else ``$IMAGEGEN_TOKEN``, else None."""
+    if args.token_file is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {args.token_file}: {exc.strerror}") from exc
+    if not token:
+        raise UsageError(f"the token file {args.token_file} is empty")
+    return token
+
+
 def make_client(args: argparse.Namespace) -> Client:
     """The SDK client the parsed flags describe."""
     credentials = channel_credentials(args)
     retries = getattr(args, "retries", 0)
     retry = ClientRetry(max_attempts=retries + 1) if retries > 0 else None
-    return Client(args.target, timeout=args.timeout, credentials=credentials, retry=retry)
+    return Client(
+        args.target, timeout=args.timeout, credentials=credentials, bearer_token=bearer_token(args), retry=retry
+    )

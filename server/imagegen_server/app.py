@@ -19,6 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
+from imagegen_server.access import AccessInterceptor
+from imagegen_server.auth import Authenticator, TokensFile
 from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
@@ -94,6 +96,11 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     """
     config.check()
     certificates = _certificates(config)
+    authenticator = Authenticator(
+        TokensFile(config.auth_tokens_file) if config.auth_tokens_file else None,
+        client_certificates=config.tls_client_ca is not None,
+        open_methods=config.auth_open_methods,
+    )
     if not _shares_port(config):
         check_bindable(config.host, config.port)
     if config.metrics_port:
@@ -121,7 +128,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         metrics = Metrics()
         pipeline = Pipeline(config, client, observer=metrics)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
-        server = _grpc_server(config, metrics)
+        server = _grpc_server(config, metrics, authenticator)
         pb_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(pipeline, config), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -142,9 +149,10 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             metrics_port=metrics_port,
         )
         log.info(
-            "imagegen listening on %s (%s, default model %s)",
+            "imagegen listening on %s (%s, %s, default model %s)",
             running.target,
             _transport(certificates),
+            _callers(config),
             config.default_model,
         )
         try:
@@ -187,6 +195,16 @@ def _certificates(config: ServerConfig) -> CertificateFiles | None:
     return CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
+def _callers(config: ServerConfig) -> str:
+    """Who may call, for the start-up line."""
+    ways = []
+    if config.auth_tokens_file:
+        ways.append(f"bearer tokens from {config.auth_tokens_file}")
+    if config.tls_client_ca:
+        ways.append("client certificates")
+    return "callers need " + " or ".join(ways) if ways else "no caller authentication"
+
+
 def _transport(certificates: CertificateFiles | None) -> str:
     """How callers connect, for the start-up line."""
     if certificates is None:
@@ -209,10 +227,11 @@ def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: Certifi
     return port
 
 
-def _grpc_server(config: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
-    """A grpc.aio server with our interceptor and limits, no services yet."""
+def _grpc_server(config: ServerConfig, metrics: Metrics, authenticator: Authenticator) -> grpc.aio.Server:
+    """A grpc.aio server with our interceptors and limits, no services yet."""
     return grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(metrics)],
+        # Outermost first: refused calls are still logged and counted.
+        interceptors=[ObservabilityInterceptor(metrics), AccessInterceptor(authenticator)],
         options=[
             # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
             ("grpc.so_reuseport", int(_shares_port(config))),

@@ -16,6 +16,9 @@ from imagegen_server.models import DEFAULT_MODEL, MODELS
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 
+#: Methods callable without credentials by default: health checks and server reflection.
+DEFAULT_OPEN_METHODS = ("grpc.health.v1.Health/*", "grpc.reflection.*")
+
 #: The seed's constraint text, sent as Gemini's systemInstruction when enabled.
 DEFAULT_CONSTRAINT = """STRICT RULES:
 - CREATE ORIGINAL ART - Do NOT use screenshots or existing images.
@@ -92,6 +95,10 @@ class ServerConfig:
     #: PEM CA certificates for mutual TLS: clients must present a certificate
     #: signed by one of them, and its identity (CN, else first SAN) becomes the caller.
     tls_client_ca: str | None = None
+    #: Callers, their token digests, methods and quotas (TOML; see README "Security"); None: no tokens.
+    auth_tokens_file: str | None = None
+    #: Method globs anyone may call even when credentials are required.
+    auth_open_methods: tuple[str, ...] = DEFAULT_OPEN_METHODS
 
     @property
     def uses_embedded_emulator(self) -> bool:
@@ -302,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="tls_client_ca",
         metavar="PEM",
         help="require client certificates signed by this CA (mutual TLS); their CN names the caller",
+    )
+    p.add_argument(
+        "--auth-tokens-file",
+        dest="auth_tokens_file",
+        metavar="TOML",
+        help="require bearer tokens: callers, token SHA-256s, methods and quotas (re-read when it changes)",
+    )
+    p.add_argument(
+        "--auth-open-methods",
+        dest="auth_open_methods",
+        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        help="comma-separated method globs callable without credentials (default: health and reflection)",
     )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     p.epilog = _epilog(set(vars(p.parse_args([]))))

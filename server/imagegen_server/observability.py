@@ -1,6 +1,6 @@
 """Access logs and Prometheus metrics for every RPC, as one server interceptor.
 
-Each RPC gets one log line (method, status code, duration, request and
+Each RPC gets one log line (method, status code, duration, caller, request and
 generation ids; never request bodies or the API key) and is counted in a
 per-server :class:`Metrics` registry, served over HTTP by :func:`metrics_app`.
 :class:`Metrics` also observes the pipeline's generation lifecycle
@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from imagegen_server.caller import current_caller
 from imagegen_server.gemini.errors import UpstreamError
 from imagegen_server.lifecycle import GenerationObserver
 from imagegen_server.retry import RetryDecision
@@ -56,7 +57,10 @@ class Metrics(GenerationObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.rpcs = Counter(
-            "imagegen_rpcs", "Finished RPCs by method and status code.", ["method", "code"], registry=self.registry
+            "imagegen_rpcs",
+            "Finished RPCs by method, status code and caller (a tokens-file name, anonymous or other).",
+            ["method", "code", "caller"],
+            registry=self.registry,
         )
         self.rpc_seconds = Histogram(
             "imagegen_rpc_duration_seconds",
@@ -205,13 +209,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         elapsed = time.monotonic() - started
         self._metrics.in_flight.labels(method).dec()
-        self._metrics.rpcs.labels(method, code).inc()
+        caller = current_caller()
+        self._metrics.rpcs.labels(method, code, caller.label).inc()
         self._metrics.rpc_seconds.labels(method).observe(elapsed)
         log.info(
-            "%s %s %.3fs requestId=%s",
+            "%s %s %.3fs caller=%s requestId=%s",
             method,
             code,
             elapsed,
+            caller.name,
             _request_id(request, context.invocation_metadata()) or "-",  # type: ignore[arg-type]
         )
 

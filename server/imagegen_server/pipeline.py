@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from imagegen.v1 import image_pb2
 from imagegen_server import errors, events
+from imagegen_server.caller import current_caller
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.events import Event
@@ -259,7 +260,9 @@ class Pipeline:
                 yield event
             return
         fingerprint = hashlib.sha256(method.encode() + request.SerializeToString(deterministic=True)).digest()
-        async for event in self._once(call, f"{method}:{call.request_id}", fingerprint):
+        # Scoped per caller: one caller's request_id never answers (or blocks) another's.
+        key = f"{current_caller().name}\x1f{method}:{call.request_id}"
+        async for event in self._once(call, key, fingerprint):
             yield event
 
     async def _once(self, call: _Call, key: str, fingerprint: bytes) -> AsyncIterator[Event]:

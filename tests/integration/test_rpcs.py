@@ -204,8 +204,8 @@ async def test_metrics_and_access_log(
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
             text = await resp.text()
-    assert 'imagegen_rpcs_total{code="OK",method="Generate"} 1.0' in text
-    assert 'imagegen_rpcs_total{code="INVALID_ARGUMENT",method="Generate"} 1.0' in text
+    assert 'imagegen_rpcs_total{caller="anonymous",code="OK",method="Generate"} 1.0' in text
+    assert 'imagegen_rpcs_total{caller="anonymous",code="INVALID_ARGUMENT",method="Generate"} 1.0' in text
     assert 'imagegen_upstream_attempts_total{outcome="UNAVAILABLE"} 1.0' in text
     assert 'imagegen_upstream_attempts_total{outcome="ok"} 1.0' in text
     lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]

@@ -126,16 +126,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     call will be accepted; `QuotaFailure` names the quota.
     """
     ERROR_REASON_CREDENTIALS_MISSING: _ErrorReason.ValueType  # 21
-    """UNAUTHENTICATED. Reserved for caller authentication: the call carried no
-    credentials (no `authorization: Bearer` metadata, no client certificate).
+    """UNAUTHENTICATED. The server requires caller credentials (a tokens file)
+    and the call carried none: no `authorization: Bearer` metadata (and no
+    client certificate). Metadata: `method`.
     """
     ERROR_REASON_CREDENTIALS_INVALID: _ErrorReason.ValueType  # 22
-    """UNAUTHENTICATED. Reserved for caller authentication: the bearer token or
-    client certificate is not one the server knows.
+    """UNAUTHENTICATED. The bearer token is not one the server's tokens file
+    holds, or the `authorization` metadata is not `Bearer <token>`.
+    Metadata: `method`.
     """
     ERROR_REASON_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 23
-    """PERMISSION_DENIED. Reserved for caller authentication: the caller is
-    known but not allowed to call this method. Metadata: `method`.
+    """PERMISSION_DENIED. The caller is known but its tokens-file entry does not
+    allow this method. Metadata: `method` (the full method name), `caller`.
     """
     ERROR_REASON_UNDECODABLE_REQUEST: _ErrorReason.ValueType  # 24
     """INVALID_ARGUMENT. Reserved for hostile-input handling: the request bytes
@@ -289,16 +291,18 @@ requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
 call will be accepted; `QuotaFailure` names the quota.
 """
 ERROR_REASON_CREDENTIALS_MISSING: ErrorReason.ValueType  # 21
-"""UNAUTHENTICATED. Reserved for caller authentication: the call carried no
-credentials (no `authorization: Bearer` metadata, no client certificate).
+"""UNAUTHENTICATED. The server requires caller credentials (a tokens file)
+and the call carried none: no `authorization: Bearer` metadata (and no
+client certificate). Metadata: `method`.
 """
 ERROR_REASON_CREDENTIALS_INVALID: ErrorReason.ValueType  # 22
-"""UNAUTHENTICATED. Reserved for caller authentication: the bearer token or
-client certificate is not one the server knows.
+"""UNAUTHENTICATED. The bearer token is not one the server's tokens file
+holds, or the `authorization` metadata is not `Bearer <token>`.
+Metadata: `method`.
 """
 ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 23
-"""PERMISSION_DENIED. Reserved for caller authentication: the caller is
-known but not allowed to call this method. Metadata: `method`.
+"""PERMISSION_DENIED. The caller is known but its tokens-file entry does not
+allow this method. Metadata: `method` (the full method name), `caller`.
 """
 ERROR_REASON_UNDECODABLE_REQUEST: ErrorReason.ValueType  # 24
 """INVALID_ARGUMENT. Reserved for hostile-input handling: the request bytes

@@ -226,24 +226,26 @@ export enum ErrorReason {
   CALLER_QUOTA_EXCEEDED = 20,
 
   /**
-   * UNAUTHENTICATED. Reserved for caller authentication: the call carried no
-   * credentials (no `authorization: Bearer` metadata, no client certificate).
+   * UNAUTHENTICATED. The server requires caller credentials (a tokens file)
+   * and the call carried none: no `authorization: Bearer` metadata (and no
+   * client certificate). Metadata: `method`.
    *
    * @generated from enum value: ERROR_REASON_CREDENTIALS_MISSING = 21;
    */
   CREDENTIALS_MISSING = 21,
 
   /**
-   * UNAUTHENTICATED. Reserved for caller authentication: the bearer token or
-   * client certificate is not one the server knows.
+   * UNAUTHENTICATED. The bearer token is not one the server's tokens file
+   * holds, or the `authorization` metadata is not `Bearer <token>`.
+   * Metadata: `method`.
    *
    * @generated from enum value: ERROR_REASON_CREDENTIALS_INVALID = 22;
    */
   CREDENTIALS_INVALID = 22,
 
   /**
-   * PERMISSION_DENIED. Reserved for caller authentication: the caller is
-   * known but not allowed to call this method. Metadata: `method`.
+   * PERMISSION_DENIED. The caller is known but its tokens-file entry does not
+   * allow this method. Metadata: `method` (the full method name), `caller`.
    *
    * @generated from enum value: ERROR_REASON_METHOD_NOT_ALLOWED = 23;
    */
