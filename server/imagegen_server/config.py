@@ -176,6 +176,10 @@ _DEFAULT_TEXT = {
     "upstream_url": f"{GOOGLE_BASE_URL}, or the embedded emulator when there is no key",
     "metrics_port": "off",
     "emulator_image_profile": "realistic",
+    "tls_cert": "off (plaintext)",
+    "tls_key": "none",
+    "tls_client_ca": "off (no client certificates)",
+    "auth_tokens_file": "off (no bearer tokens)",
 }
 
 
@@ -320,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-open-methods",
         dest="auth_open_methods",
         type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-        help="comma-separated method globs callable without credentials (default: health and reflection)",
+        help="comma-separated method globs callable without credentials",
     )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     p.epilog = _epilog(set(vars(p.parse_args([]))))
