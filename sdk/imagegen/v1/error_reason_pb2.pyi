@@ -115,13 +115,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     before it finished. Nothing is wrong with this call: retry it now.
     """
     ERROR_REASON_CIRCUIT_OPEN: _ErrorReason.ValueType  # 19
-    """UNAVAILABLE. Reserved for the circuit breaker: the model's circuit is
+    """UNAVAILABLE. Circuit breaker: the model's circuit is
     open after a run of upstream failures, so the call failed fast without
     an upstream attempt. `RetryInfo` is the time until the half-open probe.
     Metadata: `model`.
     """
     ERROR_REASON_CALLER_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 20
-    """RESOURCE_EXHAUSTED. Reserved for per-caller quotas: the caller is over its
+    """RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
     requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
     call will be accepted; `QuotaFailure` names the quota.
     """
@@ -140,17 +140,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     allow this method. Metadata: `method` (the full method name), `caller`.
     """
     ERROR_REASON_UNDECODABLE_REQUEST: _ErrorReason.ValueType  # 24
-    """INVALID_ARGUMENT. Reserved for hostile-input handling: the request bytes
+    """INVALID_ARGUMENT. Hostile-input handling: the request bytes
     do not decode as the method's request message (truncated, garbage, or
     invalid UTF-8 in a string field).
     """
     ERROR_REASON_MEMORY_OVERLOADED: _ErrorReason.ValueType  # 25
-    """RESOURCE_EXHAUSTED. Reserved for the memory bound: the request bytes in
+    """RESOURCE_EXHAUSTED. Memory bound: the request bytes in
     flight across all calls are at the server's limit, so the call was
     rejected before its body was processed. `RetryInfo` says when to retry.
     """
     ERROR_REASON_REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 26
-    """RESOURCE_EXHAUSTED. Reserved for per-method size limits: the request is
+    """RESOURCE_EXHAUSTED. Per-method size limits: the request is
     larger than this method accepts. Metadata: `limitBytes`. Send smaller
     images; do not retry unchanged.
     """
@@ -160,7 +160,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Metadata: `maxCallDuration`. Send a deadline to choose your own.
     """
     ERROR_REASON_SHARED_STATE_UNAVAILABLE: _ErrorReason.ValueType  # 28
-    """UNAVAILABLE. Reserved for shared state (several replicas): the state
+    """UNAVAILABLE. Shared state (several replicas): the state
     store (Redis) is unreachable and the server is configured to fail closed.
     Safe to retry later.
     """
@@ -184,9 +184,10 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     a reason are listed with it.
 
     Each value names the gRPC status code it always comes with and the other
-    `google.rpc` details it carries. Values marked "Reserved for" are not sent
-    by this version of the server; they are defined now so clients can handle
-    them before the feature ships.
+    `google.rpc` details it carries. Some values belong to optional features
+    (circuit breaker, caller authentication and quotas, memory and size bounds,
+    shared state); a server without the feature never sends them, but clients
+    should handle them all.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -280,13 +281,13 @@ ERROR_REASON_DUPLICATE_CANCELLED: ErrorReason.ValueType  # 18
 before it finished. Nothing is wrong with this call: retry it now.
 """
 ERROR_REASON_CIRCUIT_OPEN: ErrorReason.ValueType  # 19
-"""UNAVAILABLE. Reserved for the circuit breaker: the model's circuit is
+"""UNAVAILABLE. Circuit breaker: the model's circuit is
 open after a run of upstream failures, so the call failed fast without
 an upstream attempt. `RetryInfo` is the time until the half-open probe.
 Metadata: `model`.
 """
 ERROR_REASON_CALLER_QUOTA_EXCEEDED: ErrorReason.ValueType  # 20
-"""RESOURCE_EXHAUSTED. Reserved for per-caller quotas: the caller is over its
+"""RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
 requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
 call will be accepted; `QuotaFailure` names the quota.
 """
@@ -305,17 +306,17 @@ ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 23
 allow this method. Metadata: `method` (the full method name), `caller`.
 """
 ERROR_REASON_UNDECODABLE_REQUEST: ErrorReason.ValueType  # 24
-"""INVALID_ARGUMENT. Reserved for hostile-input handling: the request bytes
+"""INVALID_ARGUMENT. Hostile-input handling: the request bytes
 do not decode as the method's request message (truncated, garbage, or
 invalid UTF-8 in a string field).
 """
 ERROR_REASON_MEMORY_OVERLOADED: ErrorReason.ValueType  # 25
-"""RESOURCE_EXHAUSTED. Reserved for the memory bound: the request bytes in
+"""RESOURCE_EXHAUSTED. Memory bound: the request bytes in
 flight across all calls are at the server's limit, so the call was
 rejected before its body was processed. `RetryInfo` says when to retry.
 """
 ERROR_REASON_REQUEST_TOO_LARGE: ErrorReason.ValueType  # 26
-"""RESOURCE_EXHAUSTED. Reserved for per-method size limits: the request is
+"""RESOURCE_EXHAUSTED. Per-method size limits: the request is
 larger than this method accepts. Metadata: `limitBytes`. Send smaller
 images; do not retry unchanged.
 """
@@ -325,7 +326,7 @@ past the server's maximum call duration (`--max-call-duration`).
 Metadata: `maxCallDuration`. Send a deadline to choose your own.
 """
 ERROR_REASON_SHARED_STATE_UNAVAILABLE: ErrorReason.ValueType  # 28
-"""UNAVAILABLE. Reserved for shared state (several replicas): the state
+"""UNAVAILABLE. Shared state (several replicas): the state
 store (Redis) is unreachable and the server is configured to fail closed.
 Safe to retry later.
 """

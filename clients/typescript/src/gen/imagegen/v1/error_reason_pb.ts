@@ -32,9 +32,10 @@ export const file_imagegen_v1_error_reason: GenFile = /*@__PURE__*/
  * a reason are listed with it.
  *
  * Each value names the gRPC status code it always comes with and the other
- * `google.rpc` details it carries. Values marked "Reserved for" are not sent
- * by this version of the server; they are defined now so clients can handle
- * them before the feature ships.
+ * `google.rpc` details it carries. Some values belong to optional features
+ * (circuit breaker, caller authentication and quotas, memory and size bounds,
+ * shared state); a server without the feature never sends them, but clients
+ * should handle them all.
  *
  * @generated from enum imagegen.v1.ErrorReason
  */
@@ -207,7 +208,7 @@ export enum ErrorReason {
   DUPLICATE_CANCELLED = 18,
 
   /**
-   * UNAVAILABLE. Reserved for the circuit breaker: the model's circuit is
+   * UNAVAILABLE. Circuit breaker: the model's circuit is
    * open after a run of upstream failures, so the call failed fast without
    * an upstream attempt. `RetryInfo` is the time until the half-open probe.
    * Metadata: `model`.
@@ -217,7 +218,7 @@ export enum ErrorReason {
   CIRCUIT_OPEN = 19,
 
   /**
-   * RESOURCE_EXHAUSTED. Reserved for per-caller quotas: the caller is over its
+   * RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
    * requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
    * call will be accepted; `QuotaFailure` names the quota.
    *
@@ -252,7 +253,7 @@ export enum ErrorReason {
   METHOD_NOT_ALLOWED = 23,
 
   /**
-   * INVALID_ARGUMENT. Reserved for hostile-input handling: the request bytes
+   * INVALID_ARGUMENT. Hostile-input handling: the request bytes
    * do not decode as the method's request message (truncated, garbage, or
    * invalid UTF-8 in a string field).
    *
@@ -261,7 +262,7 @@ export enum ErrorReason {
   UNDECODABLE_REQUEST = 24,
 
   /**
-   * RESOURCE_EXHAUSTED. Reserved for the memory bound: the request bytes in
+   * RESOURCE_EXHAUSTED. Memory bound: the request bytes in
    * flight across all calls are at the server's limit, so the call was
    * rejected before its body was processed. `RetryInfo` says when to retry.
    *
@@ -270,7 +271,7 @@ export enum ErrorReason {
   MEMORY_OVERLOADED = 25,
 
   /**
-   * RESOURCE_EXHAUSTED. Reserved for per-method size limits: the request is
+   * RESOURCE_EXHAUSTED. Per-method size limits: the request is
    * larger than this method accepts. Metadata: `limitBytes`. Send smaller
    * images; do not retry unchanged.
    *
@@ -288,7 +289,7 @@ export enum ErrorReason {
   MAX_DURATION_EXCEEDED = 27,
 
   /**
-   * UNAVAILABLE. Reserved for shared state (several replicas): the state
+   * UNAVAILABLE. Shared state (several replicas): the state
    * store (Redis) is unreachable and the server is configured to fail closed.
    * Safe to retry later.
    *
