@@ -21,7 +21,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.access import AccessInterceptor
 from imagegen_server.auth import Authenticator, TokensFile
-from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig
+from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig, is_loopback
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
@@ -104,7 +104,12 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     if not _shares_port(config):
         check_bindable(config.host, config.port)
     if config.metrics_port:
-        check_bindable(config.host, config.metrics_port, what="metrics port", flag="--metrics-port")
+        check_bindable(config.metrics_host, config.metrics_port, what="metrics port", flag="--metrics-port")
+    if config.insecure and not is_loopback(config.host) and not (config.uses_tls and config.authenticates_callers):
+        log.warning(
+            "--insecure: listening on %s without TLS and caller authentication; a proxy in front must provide both",
+            config.host,
+        )
     async with contextlib.AsyncExitStack() as stack:
         emulator: Emulator | None = None
         api_key: str | None
@@ -167,14 +172,14 @@ async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, con
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:
-        await web.TCPSite(runner, config.host, config.metrics_port).start()
+        await web.TCPSite(runner, config.metrics_host, config.metrics_port).start()
     except OSError as exc:
         port = config.metrics_port or 0
         raise CannotListenError(
-            describe_bind_error(exc, config.host, port, what="metrics port", flag="--metrics-port")
+            describe_bind_error(exc, config.metrics_host, port, what="metrics port", flag="--metrics-port")
         ) from exc
     port = int(runner.addresses[0][1])
-    log.info("metrics on http://%s:%d/metrics", config.host, port)
+    log.info("metrics on http://%s/metrics", host_port(config.metrics_host, port))
     return port
 
 

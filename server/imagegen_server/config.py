@@ -8,6 +8,7 @@ the default. The API key is read only from the environment
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -26,6 +27,20 @@ DEFAULT_CONSTRAINT = """STRICT RULES:
 - QUANTITIES - If prompt says "3 items" render EXACTLY 3.
 - NO ADDITIONS - Do NOT add elements not mentioned.
 """
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback interface (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Anything else, a host name included, counts as reachable from the network.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(ValueError):
@@ -78,6 +93,8 @@ class ServerConfig:
     heartbeat_interval: float = 5.0
     #: Grace period for in-flight calls on shutdown.
     shutdown_grace: float = 10.0
+    #: Interface of the metrics port: loopback unless told otherwise (metrics need no credentials).
+    metrics_host: str = "127.0.0.1"
     #: Serve Prometheus metrics on this port (``GET /metrics``); None = off, 0 = a free port.
     metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
@@ -95,6 +112,9 @@ class ServerConfig:
     #: PEM CA certificates for mutual TLS: clients must present a certificate
     #: signed by one of them, and its identity (CN, else first SAN) becomes the caller.
     tls_client_ca: str | None = None
+    #: Listen on a non-loopback host without TLS and caller authentication (behind a
+    #: proxy or mesh that provides both); refused otherwise.
+    insecure: bool = False
     #: Callers, their token digests, methods and quotas (TOML; see README "Security"); None: no tokens.
     auth_tokens_file: str | None = None
     #: Method globs anyone may call even when credentials are required.
@@ -110,6 +130,11 @@ class ServerConfig:
         """True when the gRPC port speaks TLS."""
         return self.tls_cert is not None
 
+    @property
+    def authenticates_callers(self) -> bool:
+        """True when every call must carry credentials (bearer tokens or client certificates)."""
+        return self.auth_tokens_file is not None or self.tls_client_ca is not None
+
     def check(self) -> None:
         """Raise :class:`ConfigError` for the first flag combination the server refuses."""
         found = self.problems()
@@ -123,6 +148,20 @@ class ServerConfig:
             found.append("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             found.append("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        if not self.insecure and not is_loopback(self.host):
+            missing = [
+                what
+                for what, present in (
+                    ("TLS (--tls-cert/--tls-key)", self.uses_tls),
+                    ("caller authentication (--auth-tokens-file or --tls-client-ca)", self.authenticates_callers),
+                )
+                if not present
+            ]
+            if missing:
+                found.append(
+                    f"refusing to listen on {self.host} without {' and '.join(missing)}; "
+                    "add them, or pass --insecure if a proxy or mesh in front provides both"
+                )
         return found
 
     @classmethod
@@ -306,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded emulator's images: realistic (Gemini-sized) or small",
     )
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--metrics-host", dest="metrics_host", help="interface of the metrics port (it has no authentication)"
+    )
     p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve TLS with this certificate chain")
     p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument(
@@ -313,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="tls_client_ca",
         metavar="PEM",
         help="require client certificates signed by this CA (mutual TLS); their CN names the caller",
+    )
+    p.add_argument(
+        "--insecure",
+        dest="insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without TLS and caller authentication (only behind a proxy that does both)",
     )
     p.add_argument(
         "--auth-tokens-file",

@@ -35,7 +35,7 @@ def manifests() -> tuple[dict[str, Any], dict[str, str]]:
 
 def on_loopback(args: list[str]) -> list[str]:
     """The container's args with the bind address and both ports replaced (free ports, loopback)."""
-    swapped = {"--host": "127.0.0.1", "--port": "0", "--metrics-port": "0"}
+    swapped = {"--host": "127.0.0.1", "--port": "0", "--metrics-host": "127.0.0.1", "--metrics-port": "0"}
     out = list(args)
     for i, arg in enumerate(out[:-1]):
         if arg in swapped:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from imagegen_cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_INTERRUPTED
+from imagegen_cli.exit_codes import EXIT_CANNOT_LISTEN, EXIT_INTERRUPTED, EXIT_USAGE
 from imagegen_server import cli as server_cli
 
 
@@ -141,7 +141,26 @@ async def test_a_taken_metrics_port_is_refused_in_one_line(held_port: int) -> No
 
 
 async def test_a_host_that_is_not_this_machine_is_refused_in_one_line() -> None:
-    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never a local address.
-    code, lines = await _refused("--host", "192.0.2.1", "--port", "50051")
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never a local address (--insecure: past the TLS/auth check).
+    code, lines = await _refused("--host", "192.0.2.1", "--port", "50051", "--insecure")
     assert code == EXIT_CANNOT_LISTEN
     assert lines == ["imagegen serve: 192.0.2.1 is not an address of this machine (--host)"]
+
+
+async def test_a_public_host_without_tls_and_auth_is_refused_before_binding(held_port: int) -> None:
+    # The port is held on loopback, so binding 0.0.0.0 there would fail with exit 7: exit 2 proves
+    # the refusal comes first, and nothing was ever bound on a public interface.
+    code, lines = await _refused("--host", "0.0.0.0", "--port", str(held_port))
+    assert code == EXIT_USAGE
+    assert lines == [
+        "imagegen serve: refusing to listen on 0.0.0.0 without TLS (--tls-cert/--tls-key) and caller "
+        "authentication (--auth-tokens-file or --tls-client-ca); add them, or pass --insecure if a proxy "
+        "or mesh in front provides both"
+    ]
+    # TLS without caller authentication is refused too (the certificate files are never read).
+    code, lines = await _refused("--host", "::", "--port", str(held_port), "--tls-cert", "a", "--tls-key", "b")
+    assert code == EXIT_USAGE
+    assert lines == [
+        "imagegen serve: refusing to listen on :: without caller authentication (--auth-tokens-file or "
+        "--tls-client-ca); add them, or pass --insecure if a proxy or mesh in front provides both"
+    ]

@@ -42,3 +42,29 @@ def test_gemini_api_key_wins_over_google_api_key() -> None:
 def test_there_is_no_api_key_flag() -> None:
     with pytest.raises(SystemExit):
         ServerConfig.from_args(["--api-key", "x"], env={})
+
+
+def test_a_public_host_needs_tls_and_caller_auth_or_insecure() -> None:
+    from imagegen_server.config import ConfigError, is_loopback
+
+    for host in ("127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"):
+        assert is_loopback(host), host
+        assert ServerConfig(host=host).problems() == []
+    for host in ("0.0.0.0", "::", "10.0.0.5", "gateway.internal"):
+        assert not is_loopback(host), host
+    bare = ServerConfig(host="0.0.0.0")
+    with pytest.raises(ConfigError) as refused:
+        bare.check()
+    message = str(refused.value)
+    assert message.startswith("refusing to listen on 0.0.0.0 without TLS (--tls-cert/--tls-key) and caller auth")
+    assert "--insecure" in message and "\n" not in message
+    tls_only = ServerConfig(host="0.0.0.0", tls_cert="c", tls_key="k")
+    assert "without caller authentication" in tls_only.problems()[0]
+    tokens_only = ServerConfig(host="0.0.0.0", auth_tokens_file="t.toml")
+    assert "without TLS (--tls-cert/--tls-key);" in tokens_only.problems()[0]
+    assert ServerConfig(host="0.0.0.0", tls_cert="c", tls_key="k", auth_tokens_file="t").problems() == []
+    assert ServerConfig(host="0.0.0.0", tls_cert="c", tls_key="k", tls_client_ca="ca").problems() == []
+    assert ServerConfig(host="0.0.0.0", insecure=True).problems() == []
+    assert ServerConfig.from_args(["--host", "0.0.0.0", "--insecure"]).insecure
+    assert ServerConfig.from_args([], env={"IMAGEGEN_INSECURE": "true"}).insecure
+    assert ServerConfig().metrics_host == "127.0.0.1"
