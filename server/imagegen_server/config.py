@@ -81,6 +81,12 @@ class ServerConfig:
     #: Longest a call may take, whatever deadline the caller sent (or none):
     #: a silent upstream cannot hold a call and its concurrency slot forever.
     max_call_duration: float = 180.0
+    #: Circuit breaker, per model: opens after this many requests in a row failed
+    #: overloaded (0: off), stays open ``breaker_open_seconds`` (growing per
+    #: reopening up to ``breaker_max_open_seconds``), then lets one probe through.
+    breaker_failure_threshold: int = 5
+    breaker_open_seconds: float = 30.0
+    breaker_max_open_seconds: float = 300.0
     #: Concurrent upstream calls; beyond it, requests queue for up to
     #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
     max_concurrency: int = 16
@@ -327,6 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_call_duration",
         type=float,
         help="longest a call may take, also when the caller sends no deadline, seconds",
+    )
+    p.add_argument(
+        "--breaker-failure-threshold",
+        dest="breaker_failure_threshold",
+        type=int,
+        help="per model: requests failed overloaded in a row that open its circuit; 0 turns breakers off (default 5)",
+    )
+    p.add_argument(
+        "--breaker-open-seconds",
+        dest="breaker_open_seconds",
+        type=float,
+        help="seconds an open circuit fails calls fast before one probe, x2, x3... per reopening (default 30)",
+    )
+    p.add_argument(
+        "--breaker-max-open-seconds",
+        dest="breaker_max_open_seconds",
+        type=float,
+        help="cap on the open time, seconds (default 300)",
     )
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")

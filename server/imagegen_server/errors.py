@@ -58,6 +58,7 @@ _KIND_STATUS: Mapping[ErrorKind, tuple[grpc.StatusCode, ErrorReason.ValueType]] 
     ErrorKind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, ErrorReason.ERROR_REASON_MODEL_NOT_FOUND),
     ErrorKind.AUTH: (grpc.StatusCode.INTERNAL, ErrorReason.ERROR_REASON_UPSTREAM_AUTH),
     ErrorKind.MALFORMED: (grpc.StatusCode.INTERNAL, ErrorReason.ERROR_REASON_UPSTREAM_MALFORMED),
+    ErrorKind.CIRCUIT_OPEN: (grpc.StatusCode.UNAVAILABLE, ErrorReason.ERROR_REASON_CIRCUIT_OPEN),
 }
 
 
@@ -229,6 +230,8 @@ def from_upstream(
             delay = None
         case ErrorKind.MALFORMED:
             delay = None
+        case ErrorKind.CIRCUIT_OPEN:
+            meta["model"] = error.model
         case _:
             pass
     if error.http_status is not None:

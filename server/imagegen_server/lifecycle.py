@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from imagegen_server.breaker import CircuitState
 from imagegen_server.gemini.errors import UpstreamError
 from imagegen_server.retry import RetryDecision
 
@@ -44,6 +45,9 @@ class GenerationObserver:
         self, model: str, attempts: int, error: UpstreamError, stop_reason: str, elapsed: float
     ) -> None:
         """The retry loop gave up: ``error`` was the last failure, ``stop_reason`` why no retry followed."""
+
+    def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
+        """``model``'s circuit breaker moved to ``state`` (when open: the probe is ``retry_after`` seconds away)."""
 
 
 class ObserverGroup(GenerationObserver):
@@ -83,3 +87,8 @@ class ObserverGroup(GenerationObserver):
         """Fan out."""
         for observer in self._observers:
             observer.generation_failed(model, attempts, error, stop_reason, elapsed)
+
+    def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
+        """Fan out."""
+        for observer in self._observers:
+            observer.circuit_changed(model, state, retry_after)

@@ -20,8 +20,9 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from imagegen_server.breaker import CircuitState
 from imagegen_server.caller import current_caller
-from imagegen_server.gemini.errors import UpstreamError
+from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.lifecycle import GenerationObserver
 from imagegen_server.retry import RetryDecision
 
@@ -86,6 +87,18 @@ class Metrics(GenerationObserver):
             ["model", "reason"],
             registry=self.registry,
         )
+        self.circuit_state = Gauge(
+            "imagegen_circuit_state",
+            "Circuit breaker state per upstream model: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.circuit_transitions = Counter(
+            "imagegen_circuit_transitions",
+            "Circuit breaker state changes, by model and the state entered.",
+            ["model", "state"],
+            registry=self.registry,
+        )
         self.generations = Counter(
             "imagegen_generations",
             "Generations that reached upstream, by model and outcome (ok or the last failure kind).",
@@ -95,7 +108,8 @@ class Metrics(GenerationObserver):
 
     def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
         """Count the failed attempt by its kind and, when no retry follows, why."""
-        self.upstream_attempts.labels(error.kind.name).inc()
+        if error.kind is not ErrorKind.CIRCUIT_OPEN:  # an attempt the breaker did not let through
+            self.upstream_attempts.labels(error.kind.name).inc()
         if not decision.will_retry:
             self.retry_stops.labels(model, decision.reason).inc()
 
@@ -117,9 +131,17 @@ class Metrics(GenerationObserver):
         """Count a generation the retry loop gave up on, by its last failure."""
         self.generations.labels(model, error.kind.name).inc()
 
+    def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
+        """Track the model's circuit state."""
+        self.circuit_state.labels(model).set(_CIRCUIT_STATE_VALUE[state])
+        self.circuit_transitions.labels(model, state.value).inc()
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+_CIRCUIT_STATE_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 def metrics_app(metrics: Metrics) -> web.Application:

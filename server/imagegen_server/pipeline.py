@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from imagegen.v1 import image_pb2
 from imagegen_server import errors, events
+from imagegen_server.breaker import BreakerPolicy, CircuitBreaker, ModelCircuit
 from imagegen_server.caller import current_caller
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
@@ -152,6 +153,17 @@ class Pipeline:
         #: One retry budget per upstream model (quotas and outages are per model), made on first use.
         self._budgets: dict[str, RetryBudget] = {}
         self._budget(config.default_model)  # a bad budget setting fails at startup, not on a request
+        #: The circuits of all models (state in an in-memory store; shared stores come later).
+        self._breaker = CircuitBreaker(
+            BreakerPolicy(
+                failure_threshold=config.breaker_failure_threshold,
+                open_seconds=config.breaker_open_seconds,
+                max_open_seconds=config.breaker_max_open_seconds,
+                probe_timeout=config.attempt_timeout,
+            ),
+            clock=clock.now,
+            listener=self._observer.circuit_changed,
+        )
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._cache: IdempotencyCache[image_pb2.Generation] = IdempotencyCache(
             config.idempotency_ttl, config.idempotency_max_entries, clock.now
@@ -332,6 +344,7 @@ class Pipeline:
                 attempt,
                 policy=self._policy,
                 budget=self._budget(call.upstream.model),
+                circuit=ModelCircuit(self._breaker, call.upstream.model),
                 deadline=call.deadline,
                 observer=reporter,
                 clock=self._clock,

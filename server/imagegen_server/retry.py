@@ -38,8 +38,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeVar, assert_never
+from typing import Final, Generic, NoReturn, Protocol, TypeVar, assert_never
 
+from imagegen_server.breaker import ModelCircuit
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 
 __all__ = [
@@ -351,6 +352,9 @@ def classify(error: UpstreamError) -> RetryClassification:
             return _RETRY
         case ErrorKind.UNAVAILABLE | ErrorKind.DEADLINE_EXCEEDED:
             return _RETRY
+        case ErrorKind.CIRCUIT_OPEN:
+            # Made by the loop itself when the breaker refuses; retrying now would be refused too.
+            return _NEVER
         case ErrorKind.MALFORMED | ErrorKind.NO_IMAGE:
             # Often a one-off (a truncated body, a model that answered in text);
             # a second identical failure means the request itself provokes it.
@@ -426,6 +430,7 @@ async def call_with_retries(
     *,
     policy: RetryPolicy,
     budget: RetryBudget | None = None,
+    circuit: ModelCircuit | None = None,
     deadline: float | None = None,
     observer: RetryObserver | None = None,
     clock: Clock = MONOTONIC_CLOCK,
@@ -440,6 +445,12 @@ async def call_with_retries(
     :class:`asyncio.CancelledError`, propagates unchanged and is never retried;
     a cancellation during the wait propagates too.
 
+    With a ``circuit``, every attempt first asks the model's breaker: when it
+    refuses, the loop stops with ``circuit_open`` and a synthetic CIRCUIT_OPEN
+    error (reported to the observer as a failed attempt that was never
+    started), and a retry whose wait would end before the circuit lets calls
+    through again is not waited for. Each outcome is reported to the circuit.
+
     Returns the value and the number of attempts made. Raises
     :class:`RetryFailure` when giving up, with ``attempts=0`` and a synthetic
     DEADLINE_EXCEEDED error if the deadline had passed before the first attempt.
@@ -451,8 +462,6 @@ async def call_with_retries(
     number = 0
     #: This request's failed retries, refunded if it succeeds.
     receipts: list[float] = []
-    if budget is not None:
-        budget.request_started()
     while True:
         number += 1
         timeout = policy.attempt_timeout
@@ -466,11 +475,21 @@ async def call_with_retries(
                 )
                 raise RetryFailure(expired, attempts=number - 1, retry_delay=None, stop_reason=DEADLINE)
             timeout = remaining if timeout is None else min(timeout, remaining)
+        probe = False
+        if circuit is not None:
+            admission = await circuit.admit()
+            if not admission.allowed:
+                _circuit_refused(number, circuit, admission.retry_after, observer)
+            probe = admission.probe
+        if budget is not None and number == 1:
+            budget.request_started()
         if observer is not None:
             observer.attempt_started(number, policy.max_attempts)
         try:
             value = await attempt(timeout)
         except UpstreamError as error:
+            if circuit is not None:
+                await circuit.attempt_done(error, probe=probe)
             last_error = error
             failures_by_kind[error.kind] = failures_by_kind.get(error.kind, 0) + 1
             if budget is not None and number > 1 and classify(error).retryable:
@@ -486,21 +505,60 @@ async def call_with_retries(
                 now=clock.now(),
                 rng=rng,
             )
+            if decision.will_retry and circuit is not None:
+                blocked = await circuit.blocked_for()
+                if blocked is not None and blocked > decision.delay:
+                    # The circuit opened (maybe on this very failure): waiting would only meet it.
+                    decision, retry_delay = _stop(CIRCUIT_OPEN, blocked)
             _log(number, policy.max_attempts, error, decision)
             # Report before sleeping so a stream can say "retrying in 4.0 s" now.
             if observer is not None:
                 observer.attempt_failed(number, error, decision)
             if not decision.will_retry:
+                if circuit is not None:
+                    await circuit.request_failed(error, counts=_counts_against_circuit(error, decision.reason))
                 raise RetryFailure(
                     error, attempts=number, retry_delay=retry_delay, stop_reason=decision.reason
                 ) from error
             await clock.sleep(decision.delay)
             continue
+        except BaseException:
+            if probe and circuit is not None:
+                # Cancelled mid-probe: let the next request probe. (In-memory: completes without suspending.)
+                await circuit.probe_abandoned()
+            raise
+        if circuit is not None:
+            await circuit.attempt_done(None, probe=probe)
         if budget is not None and receipts:
             budget.refund(receipts)
         if number > 1:
             logger.info("upstream attempt %d/%d succeeded", number, policy.max_attempts)
         return RetryOutcome(value=value, attempts=number)
+
+
+def _circuit_refused(
+    number: int, circuit: ModelCircuit, retry_after: float, observer: RetryObserver | None
+) -> NoReturn:
+    """Stop before attempt ``number``: the model's circuit is open."""
+    error = UpstreamError(
+        ErrorKind.CIRCUIT_OPEN,
+        f"{circuit.model} failed repeatedly; its circuit breaker is open, "
+        f"the next call is let through in {retry_after:.1f}s",
+        model=circuit.model,
+        retry_after=retry_after,
+    )
+    decision = RetryDecision(will_retry=False, delay=retry_after, reason=CIRCUIT_OPEN)
+    logger.info("circuit of %s is open: no attempt %d; giving up (circuit_open)", circuit.model, number)
+    if observer is not None:
+        observer.attempt_failed(number, error, decision)
+    raise RetryFailure(error, attempts=number - 1, retry_delay=retry_after, stop_reason=CIRCUIT_OPEN)
+
+
+def _counts_against_circuit(error: UpstreamError, stop_reason: str) -> bool:
+    """Whether a request that stopped this way shows the model overloaded (not the caller's short deadline)."""
+    if stop_reason in (ATTEMPTS_EXHAUSTED, RETRY_BUDGET):
+        return True
+    return stop_reason == DEADLINE and error.kind in (ErrorKind.UNAVAILABLE, ErrorKind.RATE_LIMITED)
 
 
 def _log(attempt: int, max_attempts: int, error: UpstreamError, decision: RetryDecision) -> None:

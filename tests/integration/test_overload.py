@@ -7,8 +7,13 @@ are counted where they arrive: the emulator's ``scenario.stats.received``.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import Counter
+
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
@@ -58,8 +63,13 @@ async def test_sequence_requests_with_transient_faults_keep_their_retries(
 async def test_sequence_after_ten_failed_requests_the_next_transient_fault_is_retried(
     make_server: ServerFactory, emulator: Emulator
 ) -> None:
-    """A fresh server sees ten requests fail on every attempt, then a request with one transient fault."""
-    async with make_server() as server, grpc.aio.insecure_channel(server.target) as channel:
+    """A fresh server sees ten requests fail on every attempt, then a request with one transient fault.
+
+    Ten overloaded requests in a row are an outage to the circuit breaker
+    (which opens after five by default, see the Outage tests); its threshold is
+    raised here so that only the retry budget's memory is on trial.
+    """
+    async with make_server(breaker_failure_threshold=20) as server, grpc.aio.insecure_channel(server.target) as channel:
         stub = Stub(channel)
         for i in range(10):
             scenario = emulator.scenario(TRANSIENT[i % len(TRANSIENT)])
@@ -71,3 +81,91 @@ async def test_sequence_after_ten_failed_requests_the_next_transient_fault_is_re
     failed = [e.attempt_failed for e in events if e.HasField("attempt_failed")]
     assert len(failed) == 1 and failed[0].will_retry and failed[0].reason == "UPSTREAM_UNAVAILABLE"
     assert events[-1].completed.attempts == 2 == scenario.stats.received
+
+
+# --- Outage: every answer a 503 -------------------------------------------------------------------
+
+#: Circuits that reopen within a test's time: 0.2 s open, at most 0.4 s.
+SHORT_BREAKER = {"breaker_open_seconds": 0.2, "breaker_max_open_seconds": 0.4}
+
+
+async def outage_load(stub: Stub, marker: str, *, callers: int, each: int) -> list[Details]:
+    """``callers`` concurrent callers, each making ``each`` requests in a row; every error's details."""
+
+    async def caller() -> list[Details]:
+        return [await fail(stub, f"cat {marker}") for _ in range(each)]
+
+    batches = await asyncio.gather(*(caller() for _ in range(callers)))
+    return [d for batch in batches for d in batch]
+
+
+async def test_outage_opens_the_circuit_bounds_upstream_load_and_recovers(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    outage = emulator.scenario("overloaded")
+    model = "gemini-3.1-flash-image"
+    async with (
+        make_server(**SHORT_BREAKER) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = Stub(channel)
+        started = time.monotonic()
+        results = await outage_load(stub, outage.marker, callers=8, each=25)
+        elapsed = time.monotonic() - started
+        requests, attempts = len(results), outage.stats.received
+        outcomes = Counter(f"{d.code.name}/{d.reason}" for d in results)
+        print(
+            f"\noutage: {requests} requests in {elapsed:.2f}s, outcomes {dict(outcomes)}, "
+            f"{attempts} upstream attempts ({attempts / requests:.2f} per request)"
+        )
+
+        # Bounded upstream load: at most 1.25 x requests plus a small constant (the threshold's
+        # requests with all their attempts, the retries of requests in flight when it opened,
+        # and at most one probe attempt per open period).
+        probes = 1 + elapsed / SHORT_BREAKER["breaker_open_seconds"]
+        assert attempts <= 1.25 * requests + 5 * 3 + 8 * 2 + probes
+        assert attempts < requests  # most requests never reached upstream
+        assert set(outcomes) <= {"UNAVAILABLE/UPSTREAM_UNAVAILABLE", "UNAVAILABLE/CIRCUIT_OPEN"}
+        fast = [d for d in results if d.reason == "CIRCUIT_OPEN"]
+        # Most never reached upstream; a few were refused before a retry, after attempts of their own.
+        assert sum(d.metadata["attempts"] == "0" for d in fast) >= requests // 2
+        for d in fast:
+            assert d.metadata["stopReason"] == "circuit_open"
+            assert d.metadata["model"] == model
+            assert d.retry_delay is not None and 0 < d.retry_delay <= SHORT_BREAKER["breaker_max_open_seconds"]
+
+        # While open: a stream says so in an AttemptFailed, without starting an attempt; health stays SERVING.
+        request = pb.GenerateStreamRequest(prompt=f"cat {outage.marker}")
+        for _ in range(5):
+            before = outage.stats.received
+            events: list[pb.GenerateStreamResponse] = []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for event in stub.GenerateStream(request, timeout=10):
+                    events.append(event)
+            if events[1].HasField("attempt_failed"):
+                break
+            # The open time had just ended: this stream was the probe, and its 503 reopened the circuit.
+            assert events[1].HasField("attempt_started")
+        assert details_of(info.value).reason == "CIRCUIT_OPEN"
+        assert [e.WhichOneof("event") for e in events] == ["accepted", "attempt_failed"]
+        assert events[1].attempt_failed.reason == "CIRCUIT_OPEN" and not events[1].attempt_failed.will_retry
+        assert outage.stats.received == before
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="imagegen.v1.ImageGenerationService")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        state = server.metrics.registry.get_sample_value("imagegen_circuit_state", {"model": model})
+        assert state == 2.0
+        stops = server.metrics.registry.get_sample_value(
+            "imagegen_retry_stops_total", {"model": model, "reason": "circuit_open"}
+        )
+        assert stops >= sum(d.metadata["stopReason"] == "circuit_open" for d in results) + 1  # + the stream(s)
+
+        # Upstream recovers: after the RetryInfo delay one probe closes the circuit, and requests succeed.
+        healthy = emulator.scenario("ok")
+        await asyncio.sleep(details_of(info.value).retry_delay or 0.0)
+        for _ in range(5):
+            response = await stub.Generate(pb.GenerateRequest(prompt=f"cat {healthy.marker}"), timeout=10)
+            assert response.generation.attempts == 1
+        assert healthy.stats.received == 5
+        assert server.metrics.registry.get_sample_value("imagegen_circuit_state", {"model": model}) == 0.0

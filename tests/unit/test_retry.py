@@ -41,6 +41,7 @@ NEVER_KINDS = (
     ErrorKind.NOT_FOUND,
     ErrorKind.AUTH,
     ErrorKind.QUOTA_EXHAUSTED,
+    ErrorKind.CIRCUIT_OPEN,
 )
 STOP_REASONS = {"not_retryable", "attempts_exhausted", "deadline", "retry_budget", "circuit_open"}
 

@@ -115,10 +115,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     before it finished. Nothing is wrong with this call: retry it now.
     """
     ERROR_REASON_CIRCUIT_OPEN: _ErrorReason.ValueType  # 19
-    """UNAVAILABLE. Circuit breaker: the model's circuit is
-    open after a run of upstream failures, so the call failed fast without
-    an upstream attempt. `RetryInfo` is the time until the half-open probe.
-    Metadata: `model`.
+    """UNAVAILABLE. The model's circuit breaker is open after a run of requests
+    that failed overloaded, so the call failed fast without an upstream
+    attempt. `RetryInfo` is the time until the circuit lets a probe call
+    through. Metadata: `model`, `stopReason` `circuit_open`. Another model may
+    be fine; retry after the delay.
     """
     ERROR_REASON_CALLER_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 20
     """RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
@@ -281,10 +282,11 @@ ERROR_REASON_DUPLICATE_CANCELLED: ErrorReason.ValueType  # 18
 before it finished. Nothing is wrong with this call: retry it now.
 """
 ERROR_REASON_CIRCUIT_OPEN: ErrorReason.ValueType  # 19
-"""UNAVAILABLE. Circuit breaker: the model's circuit is
-open after a run of upstream failures, so the call failed fast without
-an upstream attempt. `RetryInfo` is the time until the half-open probe.
-Metadata: `model`.
+"""UNAVAILABLE. The model's circuit breaker is open after a run of requests
+that failed overloaded, so the call failed fast without an upstream
+attempt. `RetryInfo` is the time until the circuit lets a probe call
+through. Metadata: `model`, `stopReason` `circuit_open`. Another model may
+be fine; retry after the delay.
 """
 ERROR_REASON_CALLER_QUOTA_EXCEEDED: ErrorReason.ValueType  # 20
 """RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its

@@ -38,6 +38,9 @@ class ErrorKind(enum.Enum):
     AUTH = "AUTH"
     #: A 200 we cannot use: bad JSON, bad base64, bytes that are not an image.
     MALFORMED = "MALFORMED"
+    #: Never raised by the client: the retry loop's stand-in for an attempt it did
+    #: not make because the model's circuit breaker is open (``model`` is set).
+    CIRCUIT_OPEN = "CIRCUIT_OPEN"
 
 
 BlockSide = str  # "prompt" or "output"

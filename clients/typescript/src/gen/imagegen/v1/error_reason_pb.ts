@@ -208,10 +208,11 @@ export enum ErrorReason {
   DUPLICATE_CANCELLED = 18,
 
   /**
-   * UNAVAILABLE. Circuit breaker: the model's circuit is
-   * open after a run of upstream failures, so the call failed fast without
-   * an upstream attempt. `RetryInfo` is the time until the half-open probe.
-   * Metadata: `model`.
+   * UNAVAILABLE. The model's circuit breaker is open after a run of requests
+   * that failed overloaded, so the call failed fast without an upstream
+   * attempt. `RetryInfo` is the time until the circuit lets a probe call
+   * through. Metadata: `model`, `stopReason` `circuit_open`. Another model may
+   * be fine; retry after the delay.
    *
    * @generated from enum value: ERROR_REASON_CIRCUIT_OPEN = 19;
    */
