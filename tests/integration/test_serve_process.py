@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -164,3 +165,49 @@ async def test_a_public_host_without_tls_and_auth_is_refused_before_binding(held
         "imagegen serve: refusing to listen on :: without caller authentication (--auth-tokens-file or "
         "--tls-client-ca); add them, or pass --insecure if a proxy or mesh in front provides both"
     ]
+
+
+async def _imagegen(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run one `imagegen` client command as a process: exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "imagegen_cli",
+        *args,
+        cwd=cwd,
+        env=_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_newcomers_first_hour_emulator_serve_generate(tmp_path: Path) -> None:
+    """The README's path as three real processes: `imagegen emulator`, `imagegen serve --upstream-url`
+    (no key anywhere), then `imagegen generate`, which shows what was asked and what was delivered."""
+    emulator = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imagegen_cli", "emulator", "--port", "0", stdout=asyncio.subprocess.PIPE, env=_env()
+    )
+    try:
+        assert emulator.stdout is not None
+        announced = (await asyncio.wait_for(emulator.stdout.readline(), 20)).decode()
+        match = re.search(r"listening on (http://\S+)", announced)
+        assert match, announced
+        async with serving("--port", "0", "--upstream-url", match.group(1)) as server:
+            assert "upstream Gemini at " + match.group(1) in server.first_line, server.first_line
+            code, out, err = await _imagegen(
+                "generate", "a red fox", "--width", "1920", "--height", "1080", "--target", server.target, cwd=tmp_path
+            )
+            assert code == 0, err
+            assert out.startswith("a-red-fox.png  asked 1920x1080 -> 2752x1536 (16:9, 2K)  seed="), out
+            assert (tmp_path / "a-red-fox.png").read_bytes().startswith(b"\x89PNG")
+            # A marker no scenario issued is an error (the emulator's 400), not a silent success.
+            code, out, err = await _imagegen("generate", "x [emulator:nope]", "--target", server.target, cwd=tmp_path)
+            assert code == 2, (out, err)
+            assert err.startswith("imagegen: error: invalid request: ") and "emulator:nope" in err, err
+            assert len(err.splitlines()) == 1
+    finally:
+        emulator.terminate()
+        await asyncio.wait_for(emulator.wait(), 20)
