@@ -22,6 +22,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.access import AccessInterceptor
 from imagegen_server.auth import Authenticator, TokensFile
 from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig, is_loopback
+from imagegen_server.decoding import DecodeInterceptor
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
@@ -235,8 +236,9 @@ def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: Certifi
 def _grpc_server(config: ServerConfig, metrics: Metrics, authenticator: Authenticator) -> grpc.aio.Server:
     """A grpc.aio server with our interceptors and limits, no services yet."""
     return grpc.aio.server(
-        # Outermost first: refused calls are still logged and counted.
-        interceptors=[ObservabilityInterceptor(metrics), AccessInterceptor(authenticator)],
+        # Outermost first: refused calls are still logged and counted; DecodeInterceptor last, nearest the
+        # handlers, so a request that does not decode is logged, counted and authenticated like any other.
+        interceptors=[ObservabilityInterceptor(metrics), AccessInterceptor(authenticator), DecodeInterceptor()],
         options=[
             # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
             ("grpc.so_reuseport", int(_shares_port(config))),

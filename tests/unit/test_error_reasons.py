@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2
 from imagegen import errors as sdk_errors
 from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors
+from imagegen_server.decoding import Undecodable, undecodable_request
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +68,7 @@ def _emitted_by_server() -> list[errors.ServiceError]:
         errors.max_duration_exceeded(600.0, {}),
         errors.internal({}),
         errors.duplicate_cancelled({}),
+        undecodable_request("Generate", Undecodable("imagegen.v1.GenerateRequest", 6)),
     ]
     return out
 
@@ -108,7 +110,6 @@ def test_every_status_built_in_the_source_uses_the_documented_code() -> None:
 #: and the server names its reason, remove it here: the test below then checks it is emitted.
 NOT_YET_EMITTED = {
     "ERROR_REASON_CALLER_QUOTA_EXCEEDED",
-    "ERROR_REASON_UNDECODABLE_REQUEST",
     "ERROR_REASON_MEMORY_OVERLOADED",
     "ERROR_REASON_REQUEST_TOO_LARGE",
     "ERROR_REASON_SHARED_STATE_UNAVAILABLE",

@@ -141,9 +141,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     allow this method. Metadata: `method` (the full method name), `caller`.
     """
     ERROR_REASON_UNDECODABLE_REQUEST: _ErrorReason.ValueType  # 24
-    """INVALID_ARGUMENT. Hostile-input handling: the request bytes
-    do not decode as the method's request message (truncated, garbage, or
-    invalid UTF-8 in a string field).
+    """INVALID_ARGUMENT. The request bytes do not decode as the method's request
+    message (truncated, garbage, or invalid UTF-8 in a string field); sent by
+    every method, health and reflection included. Metadata: `method`,
+    `requestBytes`. Fix the client; do not retry unchanged.
     """
     ERROR_REASON_MEMORY_OVERLOADED: _ErrorReason.ValueType  # 25
     """RESOURCE_EXHAUSTED. Memory bound: the request bytes in
@@ -308,9 +309,10 @@ ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 23
 allow this method. Metadata: `method` (the full method name), `caller`.
 """
 ERROR_REASON_UNDECODABLE_REQUEST: ErrorReason.ValueType  # 24
-"""INVALID_ARGUMENT. Hostile-input handling: the request bytes
-do not decode as the method's request message (truncated, garbage, or
-invalid UTF-8 in a string field).
+"""INVALID_ARGUMENT. The request bytes do not decode as the method's request
+message (truncated, garbage, or invalid UTF-8 in a string field); sent by
+every method, health and reflection included. Metadata: `method`,
+`requestBytes`. Fix the client; do not retry unchanged.
 """
 ERROR_REASON_MEMORY_OVERLOADED: ErrorReason.ValueType  # 25
 """RESOURCE_EXHAUSTED. Memory bound: the request bytes in

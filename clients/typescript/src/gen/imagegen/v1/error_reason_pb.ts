@@ -254,9 +254,10 @@ export enum ErrorReason {
   METHOD_NOT_ALLOWED = 23,
 
   /**
-   * INVALID_ARGUMENT. Hostile-input handling: the request bytes
-   * do not decode as the method's request message (truncated, garbage, or
-   * invalid UTF-8 in a string field).
+   * INVALID_ARGUMENT. The request bytes do not decode as the method's request
+   * message (truncated, garbage, or invalid UTF-8 in a string field); sent by
+   * every method, health and reflection included. Metadata: `method`,
+   * `requestBytes`. Fix the client; do not retry unchanged.
    *
    * @generated from enum value: ERROR_REASON_UNDECODABLE_REQUEST = 24;
    */
