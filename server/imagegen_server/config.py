@@ -92,9 +92,9 @@ class ServerConfig:
     max_concurrency: int = 16
     queue_timeout: float = 5.0
     #: How long a finished result is kept for a repeated request id, and how
-    #: many are kept at most.
+    #: many bytes of results are kept at most (oldest evicted first).
     idempotency_ttl: float = 600.0
-    idempotency_max_entries: int = 256
+    idempotency_max_bytes: int = 256 * 1024 * 1024
     #: Seconds between stream heartbeats while waiting.
     heartbeat_interval: float = 5.0
     #: Grace period for in-flight calls on shutdown.
@@ -355,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")
     p.add_argument("--idempotency-ttl", dest="idempotency_ttl", type=float, help="request-id result TTL, seconds")
+    p.add_argument(
+        "--idempotency-max-bytes",
+        dest="idempotency_max_bytes",
+        type=int,
+        help="bytes of finished results kept for repeated request ids; the oldest go first",
+    )
     p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, help="stream heartbeat, seconds")
     p.add_argument(
         "--max-message-bytes",

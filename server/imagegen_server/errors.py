@@ -297,13 +297,3 @@ def max_duration_exceeded(limit: float, metadata: Mapping[str, str]) -> ServiceE
 def internal(metadata: Mapping[str, str]) -> ServiceError:
     """INTERNAL for anything unexpected: a generic message, details only in the server log."""
     return build(grpc.StatusCode.INTERNAL, "internal server error", ErrorReason.ERROR_REASON_INTERNAL, metadata)
-
-
-def duplicate_cancelled(metadata: Mapping[str, str]) -> ServiceError:
-    """UNAVAILABLE for duplicates whose owner (same request_id) was cancelled by its caller: retry now."""
-    return build(
-        grpc.StatusCode.UNAVAILABLE,
-        "the original request with this request_id was cancelled; retry",
-        ErrorReason.ERROR_REASON_DUPLICATE_CANCELLED,
-        metadata,
-    )

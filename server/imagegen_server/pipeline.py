@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imagegen.v1 import image_pb2
+from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors, events
 from imagegen_server.breaker import BreakerPolicy, CircuitBreaker, ModelCircuit
 from imagegen_server.caller import current_caller
@@ -29,10 +30,18 @@ from imagegen_server.errors import ServiceError
 from imagegen_server.events import Event
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
-from imagegen_server.idempotency import FingerprintMismatch, IdempotencyCache
+from imagegen_server.idempotency import (
+    Abandoned,
+    Claim,
+    FingerprintMismatch,
+    IdempotencyKey,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+)
 from imagegen_server.lifecycle import GenerationObserver
 from imagegen_server.observability import bind_generation
 from imagegen_server.retry import (
+    DEADLINE,
     MONOTONIC_CLOCK,
     Clock,
     RetryBudget,
@@ -136,6 +145,7 @@ class Pipeline:
         clock: Clock = MONOTONIC_CLOCK,
         observer: GenerationObserver | None = None,
         rng: random.Random | None = None,
+        idempotency: IdempotencyStore[image_pb2.Generation] | None = None,
     ) -> None:
         self._config = config
         self._upstream = upstream
@@ -165,8 +175,8 @@ class Pipeline:
             listener=self._observer.circuit_changed,
         )
         self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._cache: IdempotencyCache[image_pb2.Generation] = IdempotencyCache(
-            config.idempotency_ttl, config.idempotency_max_entries, clock.now
+        self._idempotency: IdempotencyStore[image_pb2.Generation] = idempotency or MemoryIdempotencyStore(
+            ttl=config.idempotency_ttl, max_bytes=config.idempotency_max_bytes, sizeof=_generation_size, clock=clock.now
         )
         #: Refuse new calls (shutdown has begun); calls in flight go on.
         self.draining = False
@@ -272,42 +282,60 @@ class Pipeline:
                 yield event
             return
         fingerprint = hashlib.sha256(method.encode() + request.SerializeToString(deterministic=True)).digest()
-        # Scoped per caller: one caller's request_id never answers (or blocks) another's.
-        key = f"{current_caller().name}\x1f{method}:{call.request_id}"
-        async for event in self._once(call, key, fingerprint):
+        async for event in self._once(call, _idempotency_key(method, call.request_id), fingerprint):
             yield event
 
-    async def _once(self, call: _Call, key: str, fingerprint: bytes) -> AsyncIterator[Event]:
-        """Generate for the first request with this key; later duplicates share its result."""
-        try:
-            owner, shared = self._cache.claim(key, fingerprint)
-        except FingerprintMismatch:
-            raise errors.invalid_request(
-                [errors.FieldViolation("options.request_id", "already used for a different request")], call.meta
-            ) from None
-        if not owner:
-            # A duplicate: share the first request's result, no second upstream call.
-            async for event in self._follow(shared, call.start):
-                yield event
-            return
+    async def _once(self, call: _Call, key: IdempotencyKey, fingerprint: bytes) -> AsyncIterator[Event]:
+        """Generate for the first request with this key; later duplicates share its result.
+
+        A duplicate waits with its own deadline. If the owner gives up for its
+        own reasons (its deadline, its caller hung up), a waiting duplicate
+        claims the key and runs the request itself.
+        """
+        while True:
+            try:
+                claim = await self._idempotency.claim(key, fingerprint)
+            except FingerprintMismatch:
+                raise errors.invalid_request(
+                    [errors.FieldViolation("options.request_id", "already used for a different request")], call.meta
+                ) from None
+            if claim.owner:
+                async for event in self._own(call, claim):
+                    yield event
+                return
+            try:
+                # A duplicate: share the owner's result, no second upstream call.
+                async for event in self._follow(call, claim):
+                    yield event
+                return
+            except Abandoned:
+                log.info("request_id %s: the first call gave up on its own; this duplicate takes over", key.request_id)
+
+    async def _own(self, call: _Call, claim: Claim) -> AsyncIterator[Event]:
+        """Generate as the key's owner and tell the waiting duplicates how it ended."""
         try:
             async for event in self._generate(call):
                 if isinstance(event, image_pb2.Generation):
-                    self._cache.resolve(key, event)
+                    await self._idempotency.resolve(claim, event)
                 yield event
         except BaseException as exc:
-            self._cache.fail(key, _for_followers(exc, call.meta))
+            if _owners_own(exc):
+                await self._idempotency.abandon(claim)
+            else:
+                await self._idempotency.fail(claim, exc)
             raise
 
-    async def _follow(self, shared: asyncio.Future[image_pb2.Generation], start: float) -> AsyncIterator[Event]:
-        """Wait for another request's result, with heartbeats so a stream stays alive."""
+    async def _follow(self, call: _Call, claim: Claim) -> AsyncIterator[Event]:
+        """Wait for the owner's result until this call's own deadline, with heartbeats so a stream stays alive."""
         while True:
+            remaining = call.deadline - self._clock.now()
+            if remaining <= 0:
+                raise self._deadline_error(call, {})
             try:
-                async with asyncio.timeout(self._config.heartbeat_interval):
-                    # Shielded: one duplicate hanging up must not cancel the owner's future.
-                    generation = await asyncio.shield(shared)
+                generation = await self._idempotency.wait(claim, min(self._config.heartbeat_interval, remaining))
             except TimeoutError:
-                yield events.heartbeat(self._clock.now() - start)
+                if self._clock.now() < call.deadline:
+                    yield events.heartbeat(self._clock.now() - call.start)
                 continue
             yield generation
             return
@@ -449,9 +477,36 @@ async def _settle(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _for_followers(exc: BaseException, meta: Mapping[str, str]) -> BaseException:
-    """What duplicates waiting on a failed owner should see."""
-    if isinstance(exc, ServiceError):
-        return exc
-    # The first caller hung up: its duplicates did nothing wrong, they may retry now.
-    return errors.duplicate_cancelled(meta)
+def _idempotency_key(method: str, request_id: str) -> IdempotencyKey:
+    """The one place a request's idempotency key is made.
+
+    Scoped per caller: one caller's request_id never answers (or blocks) another's.
+    """
+    return IdempotencyKey(caller=current_caller().name, method=method, request_id=request_id)
+
+
+#: Reasons that end a call for reasons of its own, not of the request: a
+#: duplicate with time left takes over instead of sharing them.
+_OWN_REASONS = frozenset(
+    errors.reason_name(r)
+    for r in (
+        ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED,
+        ErrorReason.ERROR_REASON_MAX_DURATION_EXCEEDED,
+        ErrorReason.ERROR_REASON_SHUTTING_DOWN,
+        ErrorReason.ERROR_REASON_OVERLOADED,
+    )
+)
+
+
+def _owners_own(exc: BaseException) -> bool:
+    """Whether the owner's failure is its own (hang-up, its deadline), not the request's."""
+    if not isinstance(exc, ServiceError):
+        return True  # its caller hung up (CancelledError) or something unexpected happened to it
+    info = exc.error_info()
+    # Stopped retrying because its own deadline left no time: a duplicate with more may retry.
+    return info.reason in _OWN_REASONS or info.metadata.get("stopReason") == DEADLINE
+
+
+def _generation_size(generation: image_pb2.Generation) -> int:
+    """Bytes a cached Generation holds (its image dominates)."""
+    return generation.ByteSize()

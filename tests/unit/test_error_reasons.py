@@ -67,7 +67,6 @@ def _emitted_by_server() -> list[errors.ServiceError]:
         errors.deadline_exceeded({}),
         errors.max_duration_exceeded(600.0, {}),
         errors.internal({}),
-        errors.duplicate_cancelled({}),
         undecodable_request("Generate", Undecodable("imagegen.v1.GenerateRequest", 6)),
     ]
     return out

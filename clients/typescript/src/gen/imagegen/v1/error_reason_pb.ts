@@ -199,9 +199,11 @@ export enum ErrorReason {
   INTERNAL = 17,
 
   /**
-   * UNAVAILABLE. This call waited on an earlier call with the same
-   * `request_id` (deduplication), and that call was cancelled by its caller
-   * before it finished. Nothing is wrong with this call: retry it now.
+   * UNAVAILABLE. Reserved for deduplication that cannot take over; not sent
+   * by this version: a call that waits on an earlier call with the same
+   * `request_id` runs the request itself when that call is cancelled by its
+   * caller or runs out of its own deadline. Nothing is wrong with a call that
+   * gets it: retry it now.
    *
    * @generated from enum value: ERROR_REASON_DUPLICATE_CANCELLED = 18;
    */
