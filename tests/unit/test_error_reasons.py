@@ -112,6 +112,8 @@ NOT_YET_EMITTED = {
     "ERROR_REASON_MEMORY_OVERLOADED",
     "ERROR_REASON_REQUEST_TOO_LARGE",
     "ERROR_REASON_SHARED_STATE_UNAVAILABLE",
+    # A duplicate whose first call was cancelled takes over instead (idempotency.py).
+    "ERROR_REASON_DUPLICATE_CANCELLED",
 }
 
 

@@ -110,11 +110,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     details are only in the server's log (find them by `generationId`).
     """
     ERROR_REASON_DUPLICATE_CANCELLED: _ErrorReason.ValueType  # 18
-    """UNAVAILABLE. Reserved for deduplication that cannot take over; not sent
-    by this version: a call that waits on an earlier call with the same
-    `request_id` runs the request itself when that call is cancelled by its
-    caller or runs out of its own deadline. Nothing is wrong with a call that
-    gets it: retry it now.
+    """UNAVAILABLE. This call waited on an earlier call with the same
+    `request_id`, that call was cancelled by its caller, and this call could
+    not run the request itself (normally it takes over and does). Nothing is
+    wrong with this call: retry it now.
     """
     ERROR_REASON_CIRCUIT_OPEN: _ErrorReason.ValueType  # 19
     """UNAVAILABLE. The model's circuit breaker is open after a run of requests
@@ -280,11 +279,10 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 17
 details are only in the server's log (find them by `generationId`).
 """
 ERROR_REASON_DUPLICATE_CANCELLED: ErrorReason.ValueType  # 18
-"""UNAVAILABLE. Reserved for deduplication that cannot take over; not sent
-by this version: a call that waits on an earlier call with the same
-`request_id` runs the request itself when that call is cancelled by its
-caller or runs out of its own deadline. Nothing is wrong with a call that
-gets it: retry it now.
+"""UNAVAILABLE. This call waited on an earlier call with the same
+`request_id`, that call was cancelled by its caller, and this call could
+not run the request itself (normally it takes over and does). Nothing is
+wrong with this call: retry it now.
 """
 ERROR_REASON_CIRCUIT_OPEN: ErrorReason.ValueType  # 19
 """UNAVAILABLE. The model's circuit breaker is open after a run of requests

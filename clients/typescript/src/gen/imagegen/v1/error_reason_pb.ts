@@ -199,11 +199,10 @@ export enum ErrorReason {
   INTERNAL = 17,
 
   /**
-   * UNAVAILABLE. Reserved for deduplication that cannot take over; not sent
-   * by this version: a call that waits on an earlier call with the same
-   * `request_id` runs the request itself when that call is cancelled by its
-   * caller or runs out of its own deadline. Nothing is wrong with a call that
-   * gets it: retry it now.
+   * UNAVAILABLE. This call waited on an earlier call with the same
+   * `request_id`, that call was cancelled by its caller, and this call could
+   * not run the request itself (normally it takes over and does). Nothing is
+   * wrong with this call: retry it now.
    *
    * @generated from enum value: ERROR_REASON_DUPLICATE_CANCELLED = 18;
    */
