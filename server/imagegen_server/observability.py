@@ -130,6 +130,12 @@ class Metrics(GenerationObserver):
             ["model", "state"],
             registry=self.registry,
         )
+        self.model_fallbacks = Counter(
+            "imagegen_model_fallbacks",
+            "Requests moved to a fallback model, by the model given up on, the fallback and why.",
+            ["from_model", "to_model", "reason"],
+            registry=self.registry,
+        )
         self.generations = Counter(
             "imagegen_generations",
             "Generations that reached upstream, by model and outcome (ok or the last failure kind).",
@@ -161,6 +167,10 @@ class Metrics(GenerationObserver):
     ) -> None:
         """Count a generation the retry loop gave up on, by its last failure."""
         self.generations.labels(model, error.kind.name).inc()
+
+    def model_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """Count the move to a fallback model."""
+        self.model_fallbacks.labels(from_model, to_model, reason).inc()
 
     def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
         """Track the model's circuit state."""

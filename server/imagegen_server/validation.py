@@ -77,6 +77,8 @@ class ValidatedRequest:
     input_images: tuple[InlineImage, ...]
     #: Refine's conversation so far (signatures kept byte for byte); empty for Generate.
     history: tuple[Content, ...]
+    #: False when the caller set ``disable_model_fallback``.
+    fallback_allowed: bool = True
 
     @property
     def history_len(self) -> int:
@@ -115,6 +117,7 @@ def validate(
         request_id=request_id,
         input_images=images,
         history=turns,
+        fallback_allowed=not opts.disable_model_fallback,
     )
 
 
