@@ -109,6 +109,10 @@ class ServerConfig:
     metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
     max_message_bytes: int = 64 * 1024 * 1024
+    #: Bound on the request bytes held by calls in flight, all calls together; past it calls get
+    #: RESOURCE_EXHAUSTED before being decoded. None: 1/64 of physical memory (at most 1 GiB,
+    #: at least max_message_bytes).
+    max_request_bytes_in_flight: int | None = None
     #: Images of the embedded emulator: "realistic" (Gemini-sized PNGs) or
     #: "small" (tiny, for fast tests); None: realistic.
     emulator_image_profile: str | None = None
@@ -260,6 +264,7 @@ _DEFAULT_TEXT = {
     "tls_key": "none",
     "tls_client_ca": "off (no client certificates)",
     "auth_tokens_file": "off (no bearer tokens)",
+    "max_request_bytes_in_flight": "1/64 of the machine's memory, at most 1 GiB, at least --max-message-bytes",
 }
 
 
@@ -409,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_message_bytes",
         type=int,
         help="gRPC message size limit, both directions",
+    )
+    p.add_argument(
+        "--max-request-bytes-in-flight",
+        dest="max_request_bytes_in_flight",
+        type=int,
+        help="bound on request bytes held by all calls in flight; beyond it, RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--emulator-image-profile",

@@ -309,6 +309,43 @@ def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
 SHUTDOWN_RETRY_DELAY = 1.0
 
 
+def caller_quota_exceeded(
+    caller: str, quota: str, limit: float, retry_delay: float, metadata: Mapping[str, str]
+) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the caller is over its own quota (not the server's, not Gemini's)."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"caller {caller!r} is over its {quota} quota ({limit:g}); retry after the RetryInfo delay",
+        ErrorReason.ERROR_REASON_CALLER_QUOTA_EXCEEDED,
+        {**metadata, "caller": caller, "quota": quota},
+        retry_delay=retry_delay,
+        quota_violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=f"caller:{caller}", description=f"{quota}: {limit:g}")
+        ],
+    )
+
+
+def memory_overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the request bytes in flight are at the server's memory bound."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "server is at its bound on request bytes in flight; retry later",
+        ErrorReason.ERROR_REASON_MEMORY_OVERLOADED,
+        metadata,
+        retry_delay=retry_delay,
+    )
+
+
+def request_too_large(limit: int, size: int, metadata: Mapping[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the request is larger than its method accepts (checked before decoding)."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request of {size} bytes is larger than this method accepts ({limit} bytes)",
+        ErrorReason.ERROR_REASON_REQUEST_TOO_LARGE,
+        {**metadata, "limitBytes": str(limit)},
+    )
+
+
 def shutting_down(metadata: Mapping[str, str] | None = None) -> ServiceError:
     """UNAVAILABLE: the server is draining (or its grace ended); another replica (or a restart) can serve it."""
     return build(

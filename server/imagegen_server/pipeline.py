@@ -29,6 +29,7 @@ from imagegen_server.caller import current_caller
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.events import Event
+from imagegen_server.fairshare import FairSlots
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 from imagegen_server.idempotency import (
@@ -182,7 +183,8 @@ class Pipeline:
         )
         #: Each model's fallback models, in order (checked at startup by ServerConfig.problems()).
         self._fallbacks = config.fallback_chains()
-        self._slots = asyncio.Semaphore(config.max_concurrency)
+        #: Upstream slots, queued fairly across callers (round-robin, FIFO per caller).
+        self._slots = FairSlots(config.max_concurrency)
         self._idempotency: IdempotencyStore[image_pb2.Generation] = idempotency or MemoryIdempotencyStore(
             ttl=config.idempotency_ttl, max_bytes=config.idempotency_max_bytes, sizeof=_generation_size, clock=clock.now
         )
@@ -193,6 +195,10 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cutting_off = False
+
+    def waiting_for_slots(self, caller: str | None = None) -> int:
+        """Requests queued for an upstream slot now (of ``caller``, or of everyone)."""
+        return self._slots.waiting(caller)
 
     async def events(
         self,
@@ -556,7 +562,7 @@ class Pipeline:
         wait = min(self._config.queue_timeout, max(deadline - self._clock.now(), 0.0))
         try:
             async with asyncio.timeout(wait):
-                await self._slots.acquire()
+                await self._slots.acquire(current_caller().name)
         except TimeoutError:
             raise errors.overloaded(max(self._config.queue_timeout, 1.0), meta) from None
 
