@@ -22,12 +22,15 @@ from imagegen_server import errors
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import FieldViolation
 from imagegen_server.gemini.types import Content, InlineImage, Part, Role
-from imagegen_server.imagetypes import SUPPORTED_INPUT_TYPES, same_type, sniff_mime_type
+from imagegen_server.imagetypes import SUPPORTED_INPUT_TYPES, same_type, sniff_mime_type, verify_image
 from imagegen_server.models import ModelSpec, find_model
 from imagegen_server.quoting import shown
 
 MIN_SIDE, MAX_SIDE = 64, 8192
 MAX_REQUEST_ID_CHARS = 128
+#: Input images larger than this are refused from their header, before any decoding (Gemini's own
+#: inputs are far smaller; a bigger header is a decompression bomb or a mistake).
+MAX_INPUT_PIXELS = 50_000_000
 #: The input image limit applied when the model itself is invalid.
 DEFAULT_MAX_INPUT_IMAGES = 14
 
@@ -232,6 +235,11 @@ def _check_image(
         bad.append(
             FieldViolation(f"{path}.mime_type", f"declared {shown(image.mime_type)} but the bytes are {detected}")
         )
+        return None
+    try:
+        verify_image(image.data, detected, max_pixels=MAX_INPUT_PIXELS)
+    except ValueError as exc:
+        bad.append(FieldViolation(f"{path}.data", str(exc)))
         return None
     return InlineImage(data=image.data, mime_type=detected)
 
