@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from imagegen_server.app import RunningServer, run_server
 from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import Emulator
 from imagegen_server.emulator.render import IMAGE_PROFILE_ENV
+from tests.redis_server import RedisServer
 
 #: A retry policy short enough that retried tests take milliseconds, not seconds.
 FAST = ServerConfig(
@@ -78,3 +80,14 @@ async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.ImageGenerationSe
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     ) as channel:
         yield pb_grpc.ImageGenerationServiceStub(channel)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free loopback port, no persistence; fails the test when it is not installed."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 
-from imagegen_server.models import DEFAULT_MODEL, MODELS, find_model
+from imagegen_server.models import DEFAULT_MODEL, MODELS
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 
@@ -41,6 +41,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(bare).is_loopback
     except ValueError:
         return False
+
+
+#: ``--state-fail-mode`` values: serve on this process's own state, or refuse what needs the shared one.
+STATE_FAIL_MODES = ("open", "closed")
+#: URL schemes redis-py connects to.
+STATE_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(ValueError):
@@ -87,10 +93,6 @@ class ServerConfig:
     breaker_failure_threshold: int = 5
     breaker_open_seconds: float = 30.0
     breaker_max_open_seconds: float = 300.0
-    #: ``model=fallback`` pairs: when ``model`` is overloaded (503, per-minute 429
-    #: after its retries, or its circuit open) the request moves to
-    #: ``fallback``; several pairs for one model give its fallbacks in order.
-    fallback_models: tuple[str, ...] = ()
     #: Concurrent upstream calls; beyond it, requests queue for up to
     #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
     max_concurrency: int = 16
@@ -109,10 +111,6 @@ class ServerConfig:
     metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
     max_message_bytes: int = 64 * 1024 * 1024
-    #: Bound on the request bytes held by calls in flight, all calls together; past it calls get
-    #: RESOURCE_EXHAUSTED before being decoded. None: 1/64 of physical memory (at most 1 GiB,
-    #: at least max_message_bytes).
-    max_request_bytes_in_flight: int | None = None
     #: Images of the embedded emulator: "realistic" (Gemini-sized PNGs) or
     #: "small" (tiny, for fast tests); None: realistic.
     emulator_image_profile: str | None = None
@@ -133,6 +131,18 @@ class ServerConfig:
     auth_tokens_file: str | None = None
     #: Method globs anyone may call even when credentials are required.
     auth_open_methods: tuple[str, ...] = DEFAULT_OPEN_METHODS
+    #: Shared state for several replicas (``redis://host:port/db``): idempotency results and
+    #: in-flight dedup, caller quotas, circuit breakers. None: in this process only.
+    #: Not in repr: the URL may carry a password.
+    state_url: str | None = field(default=None, repr=False)
+    #: When the shared state is unreachable: "open" serves with this process's own
+    #: state (no cross-replica dedup or quotas), "closed" refuses calls that need it.
+    state_fail_mode: str = "open"
+    #: Longest wait for one shared-state operation, seconds (a hung Redis never hangs a call).
+    state_timeout: float = 0.5
+    #: Largest result (bytes) kept in the shared state for repeated request ids; larger ones
+    #: reach only the duplicates waiting in the same replica.
+    state_max_result_bytes: int = 16 * 1024 * 1024
 
     @property
     def uses_embedded_emulator(self) -> bool:
@@ -162,6 +172,14 @@ class ServerConfig:
             found.append("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             found.append("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        if self.state_fail_mode not in STATE_FAIL_MODES:
+            found.append(
+                f"--state-fail-mode must be one of {', '.join(STATE_FAIL_MODES)}, not {self.state_fail_mode!r}"
+            )
+        if self.state_url is not None and not self.state_url.startswith(STATE_URL_SCHEMES):
+            found.append("--state-url must be a redis://host:port/db URL (or rediss://, unix://)")
+        if self.state_timeout <= 0:
+            found.append("--state-timeout must be more than 0 seconds")
         if not self.insecure and not is_loopback(self.host):
             missing = [
                 what
@@ -176,37 +194,6 @@ class ServerConfig:
                     f"refusing to listen on {self.host} without {' and '.join(missing)}; "
                     "add them, or pass --insecure if a proxy or mesh in front provides both"
                 )
-        found.extend(self._fallback_problems())
-        return found
-
-    def fallback_chains(self) -> dict[str, tuple[str, ...]]:
-        """Each model's fallback models, in order, by canonical name (pairs :meth:`problems` refuses are left out)."""
-        chains: dict[str, list[str]] = {}
-        for entry in self.fallback_models:
-            primary, _, fallback = entry.partition("=")
-            first, then = find_model(primary.strip()), find_model(fallback.strip())
-            if first is None or then is None or first is then:
-                continue
-            chain = chains.setdefault(first.name, [])
-            if then.name not in chain:
-                chain.append(then.name)
-        return {model: tuple(chain) for model, chain in chains.items()}
-
-    def _fallback_problems(self) -> list[str]:
-        found: list[str] = []
-        for entry in self.fallback_models:
-            primary, sep, fallback = (part.strip() for part in entry.partition("="))
-            if not sep or not primary or not fallback:
-                found.append(f"--fallback-models: {entry!r} is not MODEL=FALLBACK")
-                continue
-            for name in (primary, fallback):
-                spec = find_model(name)
-                if spec is None:
-                    found.append(f"--fallback-models: unknown model {name!r} in {entry!r}")
-                elif spec.name not in self.allowed_models and name not in self.allowed_models:
-                    found.append(f"--fallback-models: {name!r} is not in --allowed-models")
-            if find_model(primary) is not None and find_model(primary) is find_model(fallback):
-                found.append(f"--fallback-models: {entry!r} falls back to itself")
         return found
 
     @classmethod
@@ -264,7 +251,7 @@ _DEFAULT_TEXT = {
     "tls_key": "none",
     "tls_client_ca": "off (no client certificates)",
     "auth_tokens_file": "off (no bearer tokens)",
-    "max_request_bytes_in_flight": "1/64 of the machine's memory, at most 1 GiB, at least --max-message-bytes",
+    "state_url": "off (state in this process only)",
 }
 
 
@@ -375,13 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest a call may take, also when the caller sends no deadline, seconds",
     )
     p.add_argument(
-        "--fallback-models",
-        dest="fallback_models",
-        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-        help="comma-separated MODEL=FALLBACK pairs, in order of preference, e.g. "
-        "gemini-3-pro-image=gemini-3.1-flash-image: serve an overloaded model's requests with another (default none)",
-    )
-    p.add_argument(
         "--breaker-failure-threshold",
         dest="breaker_failure_threshold",
         type=int,
@@ -414,12 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_message_bytes",
         type=int,
         help="gRPC message size limit, both directions",
-    )
-    p.add_argument(
-        "--max-request-bytes-in-flight",
-        dest="max_request_bytes_in_flight",
-        type=int,
-        help="bound on request bytes held by all calls in flight; beyond it, RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--emulator-image-profile",
@@ -457,6 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
         dest="auth_open_methods",
         type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
         help="comma-separated method globs callable without credentials",
+    )
+    p.add_argument(
+        "--state-url",
+        dest="state_url",
+        metavar="URL",
+        help="share idempotency, quotas and circuit breakers between replicas through Redis (redis://host:port/db)",
+    )
+    p.add_argument(
+        "--state-fail-mode",
+        dest="state_fail_mode",
+        choices=STATE_FAIL_MODES,
+        help="when Redis is unreachable: open serves with this replica's own state, closed refuses"
+        " calls that need the shared state (request ids, quotas) with UNAVAILABLE",
+    )
+    p.add_argument(
+        "--state-timeout", dest="state_timeout", type=float, help="longest wait for one Redis operation, seconds"
+    )
+    p.add_argument(
+        "--state-max-result-bytes",
+        dest="state_max_result_bytes",
+        type=int,
+        help="largest result kept in Redis for repeated request ids",
     )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     p.epilog = _epilog(set(vars(p.parse_args([]))))

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"sdk": "imagegen", "server": "imagegen_server", "cli": "imagegen_cli"}
 SDK, SERVER, CLI = "imagegen", "imagegen_server", "imagegen_cli"
 #: Third-party modules only the server extra installs: the CLI's client commands must not need them.
-SERVER_EXTRA = ("aiohttp", "PIL", "prometheus_client", "grpc_reflection")
+SERVER_EXTRA = ("aiohttp", "PIL", "prometheus_client", "grpc_reflection", "redis")
 
 
 @dataclass(frozen=True, slots=True)
