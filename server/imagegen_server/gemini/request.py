@@ -6,11 +6,12 @@ build. Requests are written in camelCase, as the REST reference does.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import urllib.parse
 from typing import Any
+
+import orjson
+import pybase64
 
 from imagegen_server.gemini.types import Part, UpstreamRequest
 
@@ -36,7 +37,7 @@ def build_url(base_url: str, api_version: str, model: str, *, stream: bool) -> s
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode_as_string(data)
 
 
 def _part_json(part: Part) -> dict[str, Any]:
@@ -93,4 +94,4 @@ def build_request_body(request: UpstreamRequest) -> dict[str, Any]:
 
 def encode_request(request: UpstreamRequest) -> bytes:
     """:func:`build_request_body` serialised as compact UTF-8 JSON."""
-    return json.dumps(build_request_body(request), separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(build_request_body(request))

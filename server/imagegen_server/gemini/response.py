@@ -13,11 +13,12 @@ reader here accepts both.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
+import pybase64
 
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.failures import (
@@ -77,17 +78,21 @@ def decode_base64(value: Any, what: str = "data", *, model: str = "") -> bytes:
     Standard base64 is what Gemini sends; URL-safe and unpadded forms are also
     accepted because proto3 JSON parsers accept them. Anything else raises a
     MALFORMED :class:`UpstreamError`.
+
+    pybase64 (SIMD) validates and decodes a 4K image's 29 MB in a few
+    milliseconds, where the standard library's validating decoder takes over
+    100 ms; the string is read in place, not copied first.
     """
     if not isinstance(value, str):
         raise _malformed(f"{what} is {type(value).__name__}, not a base64 string", model)
     try:
-        return base64.b64decode(value, validate=True)
+        return pybase64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         pass
     trimmed = value.rstrip("=")
     padded = trimmed + "=" * (-len(trimmed) % 4)
     try:
-        return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return pybase64.b64decode(padded, altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise _malformed(f"{what} is not valid base64", model) from None
 
@@ -127,10 +132,12 @@ class ResponseAccumulator:
         """How many responses were merged so far."""
         return self._chunks
 
-    def add_json(self, text: str | bytes) -> list[InlineImage]:
+    def add_json(self, text: str | bytes | bytearray | memoryview) -> list[InlineImage]:
         """Parse one JSON response text and :meth:`add` it."""
         try:
-            obj = json.loads(text)
+            # orjson reads bytes, bytearray and str in place and parses a 2 MB
+            # body about twice as fast as the standard library.
+            obj = orjson.loads(text)
         except (ValueError, RecursionError) as exc:
             raise _malformed(f"invalid JSON ({_quote(str(exc), 120)})", self._model) from None
         return self.add(obj)
@@ -312,7 +319,7 @@ def _parse_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-def parse_response(body: str | bytes | Mapping[str, Any], *, model: str = "") -> UpstreamResult:
+def parse_response(body: str | bytes | bytearray | Mapping[str, Any], *, model: str = "") -> UpstreamResult:
     """Classify a unary ``generateContent`` 2xx body.
 
     Returns the result or raises one :class:`UpstreamError` (CONTENT_BLOCKED,

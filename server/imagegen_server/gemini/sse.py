@@ -59,19 +59,20 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[str]:
         """Consume ``chunk`` and return the payloads it completed, in order."""
         out: list[str] = []
-        self._buf += chunk
-        while True:
-            newline = self._buf.find(b"\n", self._scan_from)
-            if newline < 0:
-                self._scan_from = len(self._buf)
-                if len(self._buf) > self._max:
-                    raise SSEError(f"SSE line longer than {self._max} bytes")
-                return out
-            raw_line = bytes(self._buf[:newline])
-            # bytearray deletes from the front in O(1) amortised.
-            del self._buf[: newline + 1]
-            self._scan_from = 0
-            self._line(self._decode(raw_line.removesuffix(b"\r")), out)
+        buf = self._buf
+        buf += chunk
+        start = 0
+        while (newline := buf.find(b"\n", max(start, self._scan_from))) >= 0:
+            end = newline - 1 if newline > start and buf[newline - 1] == 0x0D else newline
+            self._take(start, end, out)
+            start = newline + 1
+        # Lines are decoded straight from the buffer (a 30 MB line is copied
+        # once, into its str), then dropped from its front in one go.
+        del buf[:start]
+        self._scan_from = len(buf)
+        if len(buf) > self._max:
+            raise SSEError(f"SSE line longer than {self._max} bytes")
+        return out
 
     def close(self) -> list[str]:
         """Flush at end of stream: a final event needs no trailing blank line.
@@ -80,23 +81,37 @@ class SSEParser:
         """
         out: list[str] = []
         if self._buf:
-            tail = bytes(self._buf)
+            end = len(self._buf) - 1 if self._buf.endswith(b"\r") else len(self._buf)
+            self._take(0, end, out)
             self._buf.clear()
             self._scan_from = 0
-            self._line(self._decode(tail.removesuffix(b"\r")), out)
         self._flush_data(out)
         if self._raw:
             raise SSEError("stream ended inside a JSON body (unbalanced braces)")
         return out
 
+    def _take(self, start: int, end: int, out: list[str]) -> None:
+        """Handle the line ``self._buf[start:end]`` (its end of line removed)."""
+        buf = self._buf
+        if not self._raw and buf.startswith(b"data:", start, end):
+            # The common case, an event's data: decoded once, without the prefix.
+            begin = start + 5
+            if begin < end and buf[begin] == 0x20:
+                begin += 1
+            self._data_line(self._decode(buf, begin, end))
+            return
+        self._line(self._decode(buf, start, end), out)
+
     @staticmethod
-    def _decode(line: bytes) -> str:
+    def _decode(buf: bytearray, start: int, end: int) -> str:
         try:
-            return line.decode("utf-8")
+            with memoryview(buf) as view:
+                return str(view[start:end], "utf-8")
         except UnicodeDecodeError as exc:
             raise SSEError(f"SSE line is not UTF-8: {exc.reason}") from None
 
     def _line(self, line: str, out: list[str]) -> None:
+        """Any line but an event's ``data:`` (see :meth:`_take`)."""
         if self._raw:
             # Inside a raw JSON body every line belongs to it, even a blank one
             # or one that happens to start with "data:".
@@ -104,14 +119,6 @@ class SSEParser:
             return
         if line == "":
             self._flush_data(out)
-            return
-        if line.startswith("data:"):
-            value = line[5:]
-            value = value.removeprefix(" ")
-            self._data_size += len(value)
-            if self._data_size > self._max:
-                raise SSEError(f"SSE event larger than {self._max} bytes")
-            self._data.append(value)
             return
         if line.startswith(":") or line.startswith(_IGNORED_FIELDS):
             return
@@ -122,6 +129,12 @@ class SSEParser:
         # can report it as malformed rather than it being silently dropped.
         self._flush_data(out)
         self._raw_line(line, out)
+
+    def _data_line(self, value: str) -> None:
+        self._data_size += len(value)
+        if self._data_size > self._max:
+            raise SSEError(f"SSE event larger than {self._max} bytes")
+        self._data.append(value)
 
     def _raw_line(self, line: str, out: list[str]) -> None:
         self._raw.append(line)
