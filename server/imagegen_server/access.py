@@ -1,14 +1,21 @@
-"""Who may call, checked once per RPC before its body is decoded: one server interceptor.
+"""Who may call, and how much, checked once per RPC before its body is decoded: one server interceptor.
 
-For each call, :class:`AccessInterceptor` asks the
-:class:`~imagegen_server.auth.Authenticator` about the call's metadata as soon
-as the call arrives; a call that is refused there never has its request bytes
-decoded (the wrapped ``request_deserializer`` drops them) and ends with the
-UNAUTHENTICATED or PERMISSION_DENIED status. With mutual TLS and no token, the
-client certificate decides once the handler runs (gRPC shows the peer's
-certificate only to the handler). The caller is then bound for everything
-below (:func:`~imagegen_server.caller.bind_caller`): access log, metrics,
-pipeline.
+For each call, :class:`AccessInterceptor`:
+
+1. asks the :class:`~imagegen_server.auth.Authenticator` about the call's
+   metadata as soon as the call arrives (with mutual TLS and no token, the
+   client certificate decides once the handler runs: gRPC shows the peer's
+   certificate only to the handler);
+2. when the request bytes arrive, before decoding them, checks the method's
+   size limit and the server-wide bound on request bytes in flight
+   (:class:`~imagegen_server.inflight.RequestBytes`);
+3. counts the call against its caller's quotas
+   (:class:`~imagegen_server.quotas.CallerLimiter`).
+
+A refused call is never decoded or run: it ends with UNAUTHENTICATED,
+PERMISSION_DENIED or RESOURCE_EXHAUSTED and its ErrorInfo. An admitted call's
+caller is bound for everything below (:func:`~imagegen_server.caller.bind_caller`):
+access log, metrics, pipeline.
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ from typing import Any, NoReturn
 
 import grpc
 
-from imagegen_server.auth import Authenticator, Verdict
+from imagegen_server import errors
+from imagegen_server.auth import UNLIMITED, Authenticator, Verdict
 from imagegen_server.caller import bind_caller
 from imagegen_server.errors import ServiceError
+from imagegen_server.inflight import RequestBytes
+from imagegen_server.quotas import CallerLimiter, QuotaExceeded
 from imagegen_server.tls import peer_identity
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
 
+#: Suggested wait after a refusal by the memory bound.
+MEMORY_RETRY_DELAY = 1.0
+
 
 class _Call:
     """What the interceptor learned about one call before its handler runs."""
 
-    __slots__ = ("method", "rejection", "verdict")
+    __slots__ = ("bytes_held", "method", "rejection", "verdict")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -38,20 +51,34 @@ class _Call:
         self.verdict: Verdict | None = None
         #: The status to end the call with instead of running it.
         self.rejection: ServiceError | None = None
+        #: Request bytes counted against the memory bound, given back when the call ends.
+        self.bytes_held = 0
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call and binds its caller; refused calls are never decoded or run."""
+    """Authenticates, bounds and rate-limits every call; refused calls are never decoded or run.
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    ``request_limit(method)`` is the largest request (bytes) a method accepts.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: CallerLimiter,
+        request_bytes: RequestBytes,
+        request_limit: Callable[[str], int],
+    ) -> None:
         self._auth = authenticator
+        self._limiter = limiter
+        self._bytes = request_bytes
+        self._request_limit = request_limit
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Decide from the metadata now; wrap the handler to enforce it."""
+        """Decide from the metadata now; wrap the handler to enforce the rest."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -60,7 +87,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             call.verdict = self._auth.by_metadata(call.method, handler_call_details.invocation_metadata)
         except ServiceError as err:
             call.rejection = err
-        replaced: dict[str, Any] = {"request_deserializer": _deserializer(call, handler.request_deserializer)}
+        unary_request = handler.unary_unary is not None or handler.unary_stream is not None
+        replaced: dict[str, Any] = {
+            "request_deserializer": self._deserializer(call, handler.request_deserializer, counted=unary_request)
+        }
         if handler.unary_unary is not None:
             replaced["unary_unary"] = self._unary(call, handler.unary_unary)
         elif handler.unary_stream is not None:
@@ -71,28 +101,63 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             replaced["stream_stream"] = self._stream(call, handler.stream_stream)
         return handler._replace(**replaced)  # type: ignore[attr-defined, no-any-return]
 
+    def _deserializer(self, call: _Call, inner: Deserializer, *, counted: bool) -> Callable[[bytes], Any]:
+        """Check the raw request against the limits, then decode it; a refused request is dropped undecoded."""
+        limit = self._request_limit(call.method)
+
+        def deserialize(raw: bytes) -> Any:
+            if call.rejection is not None:
+                return None
+            size = len(raw)
+            if size > limit:
+                call.rejection = errors.request_too_large(limit, size, {"method": call.method})
+                return None
+            if counted:
+                if not self._bytes.try_reserve(size):
+                    call.rejection = errors.memory_overloaded(MEMORY_RETRY_DELAY, {"method": call.method})
+                    return None
+                call.bytes_held += size
+            return inner(raw) if inner is not None else raw
+
+        return deserialize
+
     def _unary(self, call: _Call, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def admitted(request: Any, context: Ctx) -> Any:
-            await self._admit(call, context)
-            return await inner(request, context)
+            try:
+                release = await self._admit(call, context)
+                try:
+                    return await inner(request, context)
+                finally:
+                    release()
+            finally:
+                self._release_bytes(call)
 
         return admitted
 
     def _stream(self, call: _Call, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def admitted(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            await self._admit(call, context)
-            messages = inner(request, context)
-            if isinstance(messages, Awaitable):
-                # A handler that streams with context.write() (e.g. health Watch).
-                await messages
-                return
-            async for message in messages:
-                yield message
+            try:
+                release = await self._admit(call, context)
+                try:
+                    messages = inner(request, context)
+                    if isinstance(messages, Awaitable):
+                        # A handler that streams with context.write() (e.g. health Watch).
+                        await messages
+                        return
+                    async for message in messages:
+                        yield message
+                finally:
+                    release()
+            finally:
+                self._release_bytes(call)
 
         return admitted
 
-    async def _admit(self, call: _Call, context: Ctx) -> Verdict:
-        """The call's verdict, with its caller bound; aborts the call when it is refused."""
+    async def _admit(self, call: _Call, context: Ctx) -> Callable[[], None]:
+        """Bind the caller and count the call against its quotas; aborts the call when it is refused.
+
+        Returns what gives the caller's concurrency back.
+        """
         if call.rejection is not None:
             await _abort(context, call.rejection)
         verdict = call.verdict
@@ -102,18 +167,27 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             except ServiceError as err:
                 await _abort(context, err)
         bind_caller(verdict.caller)
-        return verdict
+        if verdict.quota == UNLIMITED:
+            return _nothing
+        try:
+            lease = await self._limiter.acquire(verdict.caller.name, verdict.quota)
+        except QuotaExceeded as exceeded:
+            await _abort(
+                context,
+                errors.caller_quota_exceeded(
+                    verdict.caller.name, exceeded.quota, exceeded.limit, exceeded.retry_after, {"method": call.method}
+                ),
+            )
+        return lease.release
+
+    def _release_bytes(self, call: _Call) -> None:
+        if call.bytes_held:
+            self._bytes.release(call.bytes_held)
+            call.bytes_held = 0
 
 
-def _deserializer(call: _Call, inner: Deserializer) -> Callable[[bytes], Any]:
-    """Decode the request, unless the call is already refused (then its bytes are dropped undecoded)."""
-
-    def deserialize(raw: bytes) -> Any:
-        if call.rejection is not None:
-            return None
-        return inner(raw) if inner is not None else raw
-
-    return deserialize
+def _nothing() -> None:
+    pass
 
 
 async def _abort(context: Ctx, err: ServiceError) -> NoReturn:

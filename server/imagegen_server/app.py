@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -25,9 +25,11 @@ from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig, is_loopback
 from imagegen_server.decoding import DecodeInterceptor
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
+from imagegen_server.inflight import SMALL_REQUEST_BYTES, RequestBytes, default_bound
 from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error, host_port
+from imagegen_server.quotas import LocalCallerLimiter
 from imagegen_server.reflection import enable_reflection
 from imagegen_server.service import ImageGenerationServicer
 from imagegen_server.sharedstate.stores import SharedStores, open_stores
@@ -251,12 +253,30 @@ def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: Certifi
     return port
 
 
+def _request_limit(config: ServerConfig) -> Callable[[str], int]:
+    """Each method's largest request: the message limit for the generation RPCs (they carry images),
+    64 KiB for everything else. gRPC's own limit (``grpc.max_receive_message_length``) is one number for
+    the whole server, so the per-method one is checked on the raw bytes before they are decoded."""
+
+    def limit(method: str) -> int:
+        service, _, name = method.lstrip("/").partition("/")
+        if service == SERVICE_NAME and name.startswith(("Generate", "Refine")):
+            return config.max_message_bytes
+        return SMALL_REQUEST_BYTES
+
+    return limit
+
+
 def _grpc_server(config: ServerConfig, metrics: Metrics, authenticator: Authenticator) -> grpc.aio.Server:
     """A grpc.aio server with our interceptors and limits, no services yet."""
+    bound = config.max_request_bytes_in_flight or default_bound(config.max_message_bytes)
+    log.info("request bytes in flight bounded at %d MiB", bound >> 20)
+    access = AccessInterceptor(authenticator, LocalCallerLimiter(), RequestBytes(bound), _request_limit(config))
     return grpc.aio.server(
         # Outermost first: refused calls are still logged and counted; DecodeInterceptor last, nearest the
-        # handlers, so a request that does not decode is logged, counted and authenticated like any other.
-        interceptors=[ObservabilityInterceptor(metrics), AccessInterceptor(authenticator), DecodeInterceptor()],
+        # handlers, so a request that does not decode is logged, counted and authenticated like any other
+        # (and the access interceptor's size checks run on the raw bytes before it decodes them).
+        interceptors=[ObservabilityInterceptor(metrics), access, DecodeInterceptor()],
         options=[
             # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
             ("grpc.so_reuseport", int(_shares_port(config))),

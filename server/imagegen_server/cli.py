@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from imagegen_server.app import serve
 from imagegen_server.config import ConfigError, ServerConfig
-from imagegen_server.observability import GenerationLogFilter
+from imagegen_server.observability import GenerationLogFilter, SafeLogFilter
 from imagegen_server.ports import CannotListenError
 
 EXIT_OK = 0
@@ -33,6 +33,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     # Every line of a request names its generation, so one request's story greps out.
     handler.addFilter(GenerationLogFilter())
+    # One record, one line, and never the API key (its main scrub is where upstream text enters).
+    handler.addFilter(SafeLogFilter([config.api_key] if config.api_key else []))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(generation)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:

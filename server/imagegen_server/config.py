@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 
-from imagegen_server.models import DEFAULT_MODEL, MODELS
+from imagegen_server.models import DEFAULT_MODEL, MODELS, find_model
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 
@@ -93,6 +93,10 @@ class ServerConfig:
     breaker_failure_threshold: int = 5
     breaker_open_seconds: float = 30.0
     breaker_max_open_seconds: float = 300.0
+    #: ``model=fallback`` pairs: when ``model`` is overloaded (503, per-minute 429
+    #: after its retries, or its circuit open) the request moves to
+    #: ``fallback``; several pairs for one model give its fallbacks in order.
+    fallback_models: tuple[str, ...] = ()
     #: Concurrent upstream calls; beyond it, requests queue for up to
     #: ``queue_timeout`` seconds, then get RESOURCE_EXHAUSTED.
     max_concurrency: int = 16
@@ -111,6 +115,10 @@ class ServerConfig:
     metrics_port: int | None = None
     #: gRPC message size limit (both directions); images are megabytes.
     max_message_bytes: int = 64 * 1024 * 1024
+    #: Bound on the request bytes held by calls in flight, all calls together; past it calls get
+    #: RESOURCE_EXHAUSTED before being decoded. None: 1/64 of physical memory (at most 1 GiB,
+    #: at least max_message_bytes).
+    max_request_bytes_in_flight: int | None = None
     #: Images of the embedded emulator: "realistic" (Gemini-sized PNGs) or
     #: "small" (tiny, for fast tests); None: realistic.
     emulator_image_profile: str | None = None
@@ -194,6 +202,37 @@ class ServerConfig:
                     f"refusing to listen on {self.host} without {' and '.join(missing)}; "
                     "add them, or pass --insecure if a proxy or mesh in front provides both"
                 )
+        found.extend(self._fallback_problems())
+        return found
+
+    def fallback_chains(self) -> dict[str, tuple[str, ...]]:
+        """Each model's fallback models, in order, by canonical name (pairs :meth:`problems` refuses are left out)."""
+        chains: dict[str, list[str]] = {}
+        for entry in self.fallback_models:
+            primary, _, fallback = entry.partition("=")
+            first, then = find_model(primary.strip()), find_model(fallback.strip())
+            if first is None or then is None or first is then:
+                continue
+            chain = chains.setdefault(first.name, [])
+            if then.name not in chain:
+                chain.append(then.name)
+        return {model: tuple(chain) for model, chain in chains.items()}
+
+    def _fallback_problems(self) -> list[str]:
+        found: list[str] = []
+        for entry in self.fallback_models:
+            primary, sep, fallback = (part.strip() for part in entry.partition("="))
+            if not sep or not primary or not fallback:
+                found.append(f"--fallback-models: {entry!r} is not MODEL=FALLBACK")
+                continue
+            for name in (primary, fallback):
+                spec = find_model(name)
+                if spec is None:
+                    found.append(f"--fallback-models: unknown model {name!r} in {entry!r}")
+                elif spec.name not in self.allowed_models and name not in self.allowed_models:
+                    found.append(f"--fallback-models: {name!r} is not in --allowed-models")
+            if find_model(primary) is not None and find_model(primary) is find_model(fallback):
+                found.append(f"--fallback-models: {entry!r} falls back to itself")
         return found
 
     @classmethod
@@ -251,6 +290,7 @@ _DEFAULT_TEXT = {
     "tls_key": "none",
     "tls_client_ca": "off (no client certificates)",
     "auth_tokens_file": "off (no bearer tokens)",
+    "max_request_bytes_in_flight": "1/64 of the machine's memory, at most 1 GiB, at least --max-message-bytes",
     "state_url": "off (state in this process only)",
 }
 
@@ -362,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest a call may take, also when the caller sends no deadline, seconds",
     )
     p.add_argument(
+        "--fallback-models",
+        dest="fallback_models",
+        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        help="comma-separated MODEL=FALLBACK pairs, in order of preference, e.g. "
+        "gemini-3-pro-image=gemini-3.1-flash-image: serve an overloaded model's requests with another (default none)",
+    )
+    p.add_argument(
         "--breaker-failure-threshold",
         dest="breaker_failure_threshold",
         type=int,
@@ -394,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_message_bytes",
         type=int,
         help="gRPC message size limit, both directions",
+    )
+    p.add_argument(
+        "--max-request-bytes-in-flight",
+        dest="max_request_bytes_in_flight",
+        type=int,
+        help="bound on request bytes held by all calls in flight; beyond it, RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--emulator-image-profile",

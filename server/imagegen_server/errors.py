@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from imagegen.v1.error_reason_pb2 import ErrorReason, error_domain
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+from imagegen_server.quoting import cut, escape_controls
 
 #: The ErrorInfo domain of every error this service emits (the enum's ``error_domain`` option).
 DOMAIN: str = ErrorReason.DESCRIPTOR.GetOptions().Extensions[error_domain]
@@ -111,6 +112,24 @@ class ServiceError(Exception):
 _CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 
 
+#: Caps on what one status carries, whoever's text is in it. gRPC drops a trailer above 16 KiB, and the
+#: caller then sees RESOURCE_EXHAUSTED "Stream removed" instead of the error; the message travels
+#: percent-encoded (up to 12 bytes a character), the details base64-encoded (4 bytes per 3).
+MAX_MESSAGE_CHARS = 400
+#: Each ErrorInfo metadata value, field violation, quota or resource text.
+MAX_DETAIL_CHARS = 300
+#: The serialized details (ErrorInfo, RetryInfo, BadRequest...): violations past it are dropped, and counted.
+MAX_DETAILS_BYTES = 6 * 1024
+#: Metadata keys allowed more than MAX_DETAIL_CHARS (documented in error_reason.proto).
+_LONG_METADATA = {"modelText": 1000}
+#: Violations considered at most before the size check (a Refine can name thousands of empty parts).
+MAX_FIELD_VIOLATIONS = 50
+
+
+def _text(value: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    return cut(escape_controls(value), limit)
+
+
 def build(
     code: grpc.StatusCode,
     message: str,
@@ -122,27 +141,49 @@ def build(
     quota_violations: Iterable[error_details_pb2.QuotaFailure.Violation] = (),
     resource: error_details_pb2.ResourceInfo | None = None,
 ) -> ServiceError:
-    """Assemble a status with exactly one ErrorInfo and the optional details."""
-    status = status_pb2.Status(code=code.value[0], message=message)
+    """Assemble a status with exactly one ErrorInfo and the optional details.
+
+    Every text is escaped and cut here (the one place), so a caller's 20 KB model name or
+    upstream's long answer cannot push the status past gRPC's trailer limit.
+    """
+    status = status_pb2.Status(code=code.value[0])
     info = error_details_pb2.ErrorInfo(reason=reason_name(reason), domain=DOMAIN)
     for key, value in (metadata or {}).items():
         if value:
-            info.metadata[key] = value
+            info.metadata[key] = _text(value, _LONG_METADATA.get(key, MAX_DETAIL_CHARS))
     status.details.add().Pack(info)
     if retry_delay is not None:
         delay = duration(min(retry_delay, MAX_RETRY_DELAY))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=_text(v.subject), description=_text(v.description))
+            for v in list(quota_violations)[:MAX_FIELD_VIOLATIONS]
+        ]
+    )
+    if resource is not None:
+        resource = error_details_pb2.ResourceInfo(
+            resource_type=_text(resource.resource_type),
+            resource_name=_text(resource.resource_name),
+            owner=_text(resource.owner),
+            description=_text(resource.description),
+        )
     violations = list(field_violations)
     if violations:
         bad = error_details_pb2.BadRequest()
-        for v in violations:
-            bad.field_violations.add(field=v.field, description=v.description)
+        for v in violations[:MAX_FIELD_VIOLATIONS]:
+            bad.field_violations.add(field=_text(v.field), description=_text(v.description))
+        others = status.ByteSize() + quota.ByteSize() + (resource.ByteSize() if resource is not None else 0)
+        while len(bad.field_violations) > 1 and others + bad.ByteSize() > MAX_DETAILS_BYTES:
+            del bad.field_violations[-1]
         status.details.add().Pack(bad)
-    quota = list(quota_violations)
-    if quota:
-        status.details.add().Pack(error_details_pb2.QuotaFailure(violations=quota))
+        if len(bad.field_violations) < len(violations):
+            message += f" ({len(violations) - len(bad.field_violations)} more violations not listed)"
+    if quota.violations:
+        status.details.add().Pack(quota)
     if resource is not None:
         status.details.add().Pack(resource)
+    status.message = _text(message, MAX_MESSAGE_CHARS)
     return ServiceError(status)
 
 
@@ -153,6 +194,8 @@ def invalid_request(violations: Iterable[FieldViolation], metadata: Mapping[str,
     if len(violations) == 1:
         message = f"{names}: {violations[0].description}"
     else:
+        more = ", …" if len(violations) > 5 else ""
+        names = ", ".join(v.field for v in violations[:5]) + more
         message = f"{len(violations)} invalid fields: {names} (see BadRequest details)"
     return build(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -264,6 +307,43 @@ def overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
 #: RetryInfo of SHUTTING_DOWN: long enough for a load balancer to see NOT_SERVING
 #: and send the retry to another replica.
 SHUTDOWN_RETRY_DELAY = 1.0
+
+
+def caller_quota_exceeded(
+    caller: str, quota: str, limit: float, retry_delay: float, metadata: Mapping[str, str]
+) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the caller is over its own quota (not the server's, not Gemini's)."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"caller {caller!r} is over its {quota} quota ({limit:g}); retry after the RetryInfo delay",
+        ErrorReason.ERROR_REASON_CALLER_QUOTA_EXCEEDED,
+        {**metadata, "caller": caller, "quota": quota},
+        retry_delay=retry_delay,
+        quota_violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=f"caller:{caller}", description=f"{quota}: {limit:g}")
+        ],
+    )
+
+
+def memory_overloaded(retry_delay: float, metadata: Mapping[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the request bytes in flight are at the server's memory bound."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "server is at its bound on request bytes in flight; retry later",
+        ErrorReason.ERROR_REASON_MEMORY_OVERLOADED,
+        metadata,
+        retry_delay=retry_delay,
+    )
+
+
+def request_too_large(limit: int, size: int, metadata: Mapping[str, str]) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the request is larger than its method accepts (checked before decoding)."""
+    return build(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request of {size} bytes is larger than this method accepts ({limit} bytes)",
+        ErrorReason.ERROR_REASON_REQUEST_TOO_LARGE,
+        {**metadata, "limitBytes": str(limit)},
+    )
 
 
 def shutting_down(metadata: Mapping[str, str] | None = None) -> ServiceError:

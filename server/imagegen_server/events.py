@@ -8,7 +8,7 @@ Nothing here does I/O or keeps state; the pipeline decides when each is sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, TypeAlias, TypeVar
 
 from imagegen.v1 import image_generation_service_pb2 as pb
@@ -17,16 +17,25 @@ from imagegen_server import errors
 from imagegen_server.gemini.errors import UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 from imagegen_server.imagetypes import probe_image
-from imagegen_server.retry import RetryDecision
+from imagegen_server.retry import CIRCUIT_OPEN, RetryDecision
 
 #: Everything the pipeline yields: progress events, then the finished Generation.
-Event: TypeAlias = pb.Accepted | pb.AttemptStarted | pb.AttemptFailed | pb.Heartbeat | pb.Preview | image_pb2.Generation
+Event: TypeAlias = (
+    pb.Accepted
+    | pb.AttemptStarted
+    | pb.AttemptFailed
+    | pb.ModelFallback
+    | pb.Heartbeat
+    | pb.Preview
+    | image_pb2.Generation
+)
 
 #: Event type -> its field in the ``oneof event`` of both stream responses.
 _STREAM_FIELD: Final[Mapping[type, str]] = {
     pb.Accepted: "accepted",
     pb.AttemptStarted: "attempt_started",
     pb.AttemptFailed: "attempt_failed",
+    pb.ModelFallback: "model_fallback",
     pb.Heartbeat: "heartbeat",
     pb.Preview: "preview",
     image_pb2.Generation: "completed",
@@ -42,17 +51,44 @@ def stream_message(event: Event, wrap: type[StreamMessage]) -> StreamMessage:
     return message
 
 
-def accepted(generation_id: str, request: UpstreamRequest, max_attempts: int) -> pb.Accepted:
-    """The first event: what will be asked of which model (defaults and seed filled in)."""
+def accepted(
+    generation_id: str,
+    request: UpstreamRequest,
+    max_attempts: int,
+    *,
+    requested_model: str = "",
+    fallback_reason: image_pb2.FallbackReason.ValueType = image_pb2.FALLBACK_REASON_UNSPECIFIED,
+    fallback_models: Sequence[str] = (),
+) -> pb.Accepted:
+    """The first event: what will be asked of which model (defaults and seed filled in).
+
+    ``request`` is for the model the request starts on; ``requested_model``
+    (default: the same) differs when it starts on a fallback model.
+    """
     return pb.Accepted(
         generation_id=generation_id,
         seed=request.seed or 0,  # translation always sets it
         model=request.model,
-        requested_model=request.model,  # no fallback models yet
+        requested_model=requested_model or request.model,
+        fallback_reason=fallback_reason,
+        fallback_models=fallback_models,
         max_attempts=max_attempts,
         aspect_ratio=request.aspect_ratio or "",
         image_size=request.image_size or "",
     )
+
+
+def model_fallback(from_model: str, to_model: str, reason: image_pb2.FallbackReason.ValueType) -> pb.ModelFallback:
+    """The request moves to ``to_model`` (sent before that model's first attempt)."""
+    return pb.ModelFallback(from_model=from_model, to_model=to_model, reason=reason)
+
+
+def stop_reason(reason: str) -> pb.RetryStopReason.ValueType:
+    """A retry loop stop reason (``"retry_budget"``) as the enum value (RETRY_STOP_REASON_RETRY_BUDGET)."""
+    try:
+        return pb.RetryStopReason.Value(f"RETRY_STOP_REASON_{reason.upper()}")
+    except ValueError:
+        return pb.RETRY_STOP_REASON_UNSPECIFIED
 
 
 def attempt_started(attempt: int, max_attempts: int) -> pb.AttemptStarted:
@@ -68,8 +104,10 @@ def attempt_failed(attempt: int, error: UpstreamError, decision: RetryDecision) 
         code=code.value[0],
         reason=reason,
         message=error.message,
-        retry_delay=errors.duration(decision.delay if decision.will_retry else 0.0),
+        # Zero when not retrying, except for an open circuit: then the time until its probe.
+        retry_delay=errors.duration(decision.delay if decision.will_retry or decision.reason == CIRCUIT_OPEN else 0.0),
         will_retry=decision.will_retry,
+        stop_reason=pb.RETRY_STOP_REASON_UNSPECIFIED if decision.will_retry else stop_reason(decision.reason),
     )
 
 
@@ -97,8 +135,10 @@ def generation(
     request_id: str,
     attempts: int,
     elapsed: float,
+    requested_model: str = "",
+    fallback_reason: image_pb2.FallbackReason.ValueType = image_pb2.FALLBACK_REASON_UNSPECIFIED,
 ) -> image_pb2.Generation:
-    """The finished Generation: ``result`` as answered to ``request``."""
+    """The finished Generation: ``result`` as answered to ``request`` (by a fallback model when ``fallback_reason``)."""
     return image_pb2.Generation(
         image=image_pb2.Image(
             data=result.image.data, mime_type=result.image.mime_type, width=result.width, height=result.height
@@ -106,7 +146,8 @@ def generation(
         generation_id=generation_id,
         seed=request.seed or 0,
         model=request.model,
-        requested_model=request.model,  # no fallback models yet: always the model that answered
+        requested_model=requested_model or request.model,
+        fallback_reason=fallback_reason,
         model_version=result.model_version,
         attempts=attempts,
         inference_time=errors.duration(elapsed),

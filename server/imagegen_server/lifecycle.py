@@ -46,6 +46,9 @@ class GenerationObserver:
     ) -> None:
         """The retry loop gave up: ``error`` was the last failure, ``stop_reason`` why no retry followed."""
 
+    def model_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """A request moved from ``from_model`` to ``to_model`` (``reason``: unavailable, rate_limited, circuit_open)."""
+
     def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
         """``model``'s circuit breaker moved to ``state`` (when open: the probe is ``retry_after`` seconds away)."""
 
@@ -92,3 +95,8 @@ class ObserverGroup(GenerationObserver):
         """Fan out."""
         for observer in self._observers:
             observer.circuit_changed(model, state, retry_after)
+
+    def model_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """Fan out."""
+        for observer in self._observers:
+            observer.model_fallback(from_model, to_model, reason)

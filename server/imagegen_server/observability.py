@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -24,6 +24,7 @@ from imagegen_server.breaker import CircuitState
 from imagegen_server.caller import current_caller
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.quoting import cut, escape_controls
 from imagegen_server.retry import RetryDecision
 
 log = logging.getLogger("imagegen_server.access")
@@ -45,6 +46,36 @@ class GenerationLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate the record; never drops it."""
         record.generation = _GENERATION.get()
+        return True
+
+
+class SafeLogFilter(logging.Filter):
+    """Makes every record safe to write: control characters escaped, so one record is one line
+    (a caller's newline cannot forge a log line), and the given secrets redacted (defence in depth:
+    the API key is scrubbed where upstream text enters, this catches whatever slips past).
+
+    Tracebacks keep their lines; only secrets are taken out of them.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Short values are test placeholders; redacting them would mangle ordinary words.
+        self._secrets = tuple(secret for secret in secrets if len(secret) >= 8)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[REDACTED]")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message (and traceback text) in place; never drops it."""
+        record.msg, record.args = escape_controls(self._redact(record.getMessage())), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
 
 
@@ -99,6 +130,12 @@ class Metrics(GenerationObserver):
             ["model", "state"],
             registry=self.registry,
         )
+        self.model_fallbacks = Counter(
+            "imagegen_model_fallbacks",
+            "Requests moved to a fallback model, by the model given up on, the fallback and why.",
+            ["from_model", "to_model", "reason"],
+            registry=self.registry,
+        )
         self.generations = Counter(
             "imagegen_generations",
             "Generations that reached upstream, by model and outcome (ok or the last failure kind).",
@@ -142,6 +179,10 @@ class Metrics(GenerationObserver):
         """Count a generation the retry loop gave up on, by its last failure."""
         self.generations.labels(model, error.kind.name).inc()
 
+    def model_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """Count the move to a fallback model."""
+        self.model_fallbacks.labels(from_model, to_model, reason).inc()
+
     def circuit_changed(self, model: str, state: CircuitState, retry_after: float) -> None:
         """Track the model's circuit state."""
         self.circuit_state.labels(model).set(_CIRCUIT_STATE_VALUE[state])
@@ -169,12 +210,10 @@ def metrics_app(metrics: Metrics) -> web.Application:
 def _request_id(request: Any, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     options = getattr(request, "options", None)
     rid = getattr(options, "request_id", "") if options is not None else ""
-    if rid:
-        return str(rid)
-    for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:128]
-    return ""
+    if not rid:
+        rid = next((v for k, v in metadata or () if k == "x-request-id" and isinstance(v, str)), "")
+    # The caller's text: one access-log line stays one line, whatever it contains.
+    return escape_controls(cut(str(rid), 128))
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
@@ -250,7 +289,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             method,
             code,
             elapsed,
-            caller.name,
+            escape_controls(caller.name),
             _request_id(request, context.invocation_metadata()) or "-",  # type: ignore[arg-type]
         )
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_pb2
 from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors, events
@@ -28,6 +29,7 @@ from imagegen_server.caller import current_caller
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
 from imagegen_server.events import Event
+from imagegen_server.fairshare import FairSlots
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 from imagegen_server.idempotency import (
@@ -39,10 +41,12 @@ from imagegen_server.idempotency import (
     MemoryIdempotencyStore,
 )
 from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.models import ModelSpec, find_model
 from imagegen_server.observability import bind_generation
 from imagegen_server.retry import (
     DEADLINE,
     MONOTONIC_CLOCK,
+    NOT_RETRYABLE,
     Clock,
     RetryBudget,
     RetryDecision,
@@ -51,8 +55,8 @@ from imagegen_server.retry import (
     RetryPolicy,
     call_with_retries,
 )
-from imagegen_server.translation import choose_seed, to_upstream
-from imagegen_server.validation import GenerationMessage, validate
+from imagegen_server.translation import can_serve, choose_seed, to_upstream
+from imagegen_server.validation import GenerationMessage, ValidatedRequest, validate
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,10 @@ class Upstream(Protocol):
 class _Call:
     """One accepted request as it moves through the pipeline."""
 
+    #: The Gemini request for the requested model.
     upstream: UpstreamRequest
+    #: The same request (prompt, seed, shape) for each fallback model that can serve it, in order.
+    fallbacks: tuple[UpstreamRequest, ...]
     request_id: str
     generation_id: str
     #: ErrorInfo metadata of every status this request may end with.
@@ -174,7 +181,10 @@ class Pipeline:
             clock=clock.now,
             listener=self._observer.circuit_changed,
         )
-        self._slots = asyncio.Semaphore(config.max_concurrency)
+        #: Each model's fallback models, in order (checked at startup by ServerConfig.problems()).
+        self._fallbacks = config.fallback_chains()
+        #: Upstream slots, queued fairly across callers (round-robin, FIFO per caller).
+        self._slots = FairSlots(config.max_concurrency)
         self._idempotency: IdempotencyStore[image_pb2.Generation] = idempotency or MemoryIdempotencyStore(
             ttl=config.idempotency_ttl, max_bytes=config.idempotency_max_bytes, sizeof=_generation_size, clock=clock.now
         )
@@ -185,6 +195,10 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._cutting_off = False
+
+    def waiting_for_slots(self, caller: str | None = None) -> int:
+        """Requests queued for an upstream slot now (of ``caller``, or of everyone)."""
+        return self._slots.waiting(caller)
 
     async def events(
         self,
@@ -270,6 +284,10 @@ class Pipeline:
         seed = choose_seed(validated.seed, self._rng)
         call = _Call(
             upstream=to_upstream(validated, self._config, seed=seed, previews=previews),
+            fallbacks=tuple(
+                to_upstream(validated, self._config, seed=seed, previews=previews, spec=spec)
+                for spec in self._fallback_specs(validated)
+            ),
             request_id=validated.request_id,
             generation_id=generation_id,
             meta=meta,
@@ -341,38 +359,115 @@ class Pipeline:
             return
 
     async def _generate(self, call: _Call) -> AsyncIterator[Event]:
-        """Hold a concurrency slot while the retry loop runs; forward its events, then the Generation."""
+        """Hold a concurrency slot while the retry loops run; forward their events, then the Generation.
+
+        The requested model first (or, when its circuit is open, the first
+        fallback whose circuit is not); when a model stays overloaded through
+        its retries and nothing of it reached the caller, the next fallback.
+        """
         await self._acquire_slot(call.deadline, call.meta)
         try:
-            yield events.accepted(call.generation_id, call.upstream, self._policy.max_attempts)
-            reporter = _Reporter(call.upstream.model, self._observer)
-            task = self._start_retries(call, reporter)
-            try:
-                async for event in self._progress(reporter, call.start):
-                    yield event
+            candidates = (call.upstream, *call.fallbacks)
+            index, reason = await self._starting_model(candidates)
+            yield events.accepted(
+                call.generation_id,
+                candidates[index],
+                self._policy.max_attempts,
+                requested_model=call.upstream.model,
+                fallback_reason=reason,
+                fallback_models=[u.model for u in candidates[index + 1 :]],
+            )
+            if index:
+                self._fell_back(call, call.upstream.model, candidates[index].model, reason)
+            while True:
+                upstream = candidates[index]
+                reporter = _Reporter(upstream.model, self._observer)
+                task = self._start_retries(call, upstream, reporter)
+                delivered = False
                 try:
-                    outcome = task.result()
-                except RetryFailure as failure:
-                    raise self._final_error(call, failure) from None
-            finally:
-                await _settle(task)
-            yield self._finished(call, outcome)
+                    async for event in self._progress(reporter, call.start):
+                        delivered = delivered or isinstance(event, pb.Preview)
+                        yield event
+                    try:
+                        outcome = task.result()
+                    except RetryFailure as failure:
+                        why = self._fallback_reason(call, failure, delivered=delivered)
+                        if why is None or index + 1 >= len(candidates):
+                            raise self._final_error(call, upstream, failure) from None
+                        outcome, reason = None, why
+                finally:
+                    await _settle(task)
+                if outcome is not None:
+                    yield self._finished(call, upstream, outcome, reason)
+                    return
+                index += 1
+                self._fell_back(call, upstream.model, candidates[index].model, reason)
+                yield events.model_fallback(upstream.model, candidates[index].model, reason)
         finally:
             self._slots.release()
 
-    def _start_retries(self, call: _Call, reporter: _Reporter) -> asyncio.Task[RetryOutcome[UpstreamResult]]:
-        """Run the retry loop in its own task; its end is queued after its last event."""
-        on_draft = reporter.draft if call.upstream.include_thoughts else None
+    async def _starting_model(
+        self, candidates: Sequence[UpstreamRequest]
+    ) -> tuple[int, image_pb2.FallbackReason.ValueType]:
+        """The first candidate whose circuit takes calls, and why it is not the requested model.
+
+        When every circuit is open, the requested model: its fast failure names it.
+        """
+        for index, upstream in enumerate(candidates):
+            if await self._breaker.blocked_for(upstream.model) is None:
+                return index, image_pb2.FALLBACK_REASON_CIRCUIT_OPEN if index else image_pb2.FALLBACK_REASON_UNSPECIFIED
+        return 0, image_pb2.FALLBACK_REASON_UNSPECIFIED
+
+    def _fallback_reason(
+        self, call: _Call, failure: RetryFailure, *, delivered: bool
+    ) -> image_pb2.FallbackReason.ValueType | None:
+        """Why the next fallback model may take over after ``failure``; None when it may not."""
+        if delivered or failure.stop_reason == NOT_RETRYABLE:
+            # The caller has seen this model's work, or the request itself is at fault.
+            return None
+        if call.deadline - self._clock.now() < self._policy.min_attempt_time:
+            return None  # no time left for another model
+        match failure.error.kind:
+            case ErrorKind.CIRCUIT_OPEN:
+                return image_pb2.FALLBACK_REASON_CIRCUIT_OPEN
+            case ErrorKind.UNAVAILABLE:
+                return image_pb2.FALLBACK_REASON_UNAVAILABLE
+            case ErrorKind.RATE_LIMITED if not any(v.per_day for v in failure.error.quota_violations):
+                return image_pb2.FALLBACK_REASON_RATE_LIMITED
+            case _:
+                # Timeouts, malformed answers, per-day quotas, our key: another model would not help.
+                return None
+
+    def _fell_back(
+        self, call: _Call, from_model: str, to_model: str, reason: image_pb2.FallbackReason.ValueType
+    ) -> None:
+        """Report a move to a fallback model."""
+        why = image_pb2.FallbackReason.Name(reason).removeprefix("FALLBACK_REASON_").lower()
+        self._observer.model_fallback(from_model, to_model, why)
+        log.warning("generation %s: %s %s, falling back to %s", call.generation_id, from_model, why, to_model)
+
+    def _fallback_specs(self, validated: ValidatedRequest) -> tuple[ModelSpec, ...]:
+        """The fallback models that may serve ``validated``, in order."""
+        if not validated.fallback_allowed:
+            return ()
+        specs = (find_model(name) for name in self._fallbacks.get(validated.spec.name, ()))
+        return tuple(spec for spec in specs if spec is not None and can_serve(spec, validated))
+
+    def _start_retries(
+        self, call: _Call, upstream: UpstreamRequest, reporter: _Reporter
+    ) -> asyncio.Task[RetryOutcome[UpstreamResult]]:
+        """Run ``upstream``'s retry loop in its own task; its end is queued after its last event."""
+        on_draft = reporter.draft if upstream.include_thoughts else None
 
         async def attempt(timeout: float | None) -> UpstreamResult:
-            return await self._upstream.generate(call.upstream, timeout=timeout, on_draft=on_draft)
+            return await self._upstream.generate(upstream, timeout=timeout, on_draft=on_draft)
 
         task = asyncio.create_task(
             call_with_retries(
                 attempt,
                 policy=self._policy,
-                budget=self._budget(call.upstream.model),
-                circuit=ModelCircuit(self._breaker, call.upstream.model),
+                budget=self._budget(upstream.model),
+                circuit=ModelCircuit(self._breaker, upstream.model),
                 deadline=call.deadline,
                 observer=reporter,
                 clock=self._clock,
@@ -394,27 +489,35 @@ class Pipeline:
                 return
             yield item
 
-    def _finished(self, call: _Call, outcome: RetryOutcome[UpstreamResult]) -> image_pb2.Generation:
-        """Report the success and build the Generation."""
+    def _finished(
+        self,
+        call: _Call,
+        upstream: UpstreamRequest,
+        outcome: RetryOutcome[UpstreamResult],
+        fallback_reason: image_pb2.FallbackReason.ValueType,
+    ) -> image_pb2.Generation:
+        """Report the success and build the Generation (answered by ``upstream.model``)."""
         elapsed = self._clock.now() - call.start
-        model = call.upstream.model
+        model = upstream.model
         self._observer.attempt_succeeded(model, outcome.attempts)
         self._observer.generation_done(model, outcome.attempts, elapsed)
         log.info("generation %s done: model=%s attempts=%d %.2fs", call.generation_id, model, outcome.attempts, elapsed)
         return events.generation(
-            call.upstream,
+            upstream,
             outcome.value,
             generation_id=call.generation_id,
             request_id=call.request_id,
             attempts=outcome.attempts,
             elapsed=elapsed,
+            requested_model=call.upstream.model,
+            fallback_reason=fallback_reason,
         )
 
-    def _final_error(self, call: _Call, failure: RetryFailure) -> ServiceError:
-        """Report the failure; the status for a request whose retry loop gave up."""
+    def _final_error(self, call: _Call, upstream: UpstreamRequest, failure: RetryFailure) -> ServiceError:
+        """Report the failure; the status for a request whose (last model's) retry loop gave up."""
         now = self._clock.now()
         self._observer.generation_failed(
-            call.upstream.model, failure.attempts, failure.error, failure.stop_reason, now - call.start
+            upstream.model, failure.attempts, failure.error, failure.stop_reason, now - call.start
         )
         log.info(
             "generation %s failed after %d attempt(s): %s (%s)",
@@ -459,7 +562,7 @@ class Pipeline:
         wait = min(self._config.queue_timeout, max(deadline - self._clock.now(), 0.0))
         try:
             async with asyncio.timeout(wait):
-                await self._slots.acquire()
+                await self._slots.acquire(current_caller().name)
         except TimeoutError:
             raise errors.overloaded(max(self._config.queue_timeout, 1.0), meta) from None
 

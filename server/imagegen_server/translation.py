@@ -48,6 +48,22 @@ def output_shape(validated: ValidatedRequest, spec: ModelSpec) -> tuple[str, str
     return aspect_ratio, image_size
 
 
+def can_serve(spec: ModelSpec, validated: ValidatedRequest) -> bool:
+    """Whether ``spec`` can answer ``validated`` as asked (for a fallback model).
+
+    The explicit ratio and size tier must be ones it supports, the reference
+    images within its limit; a conversation (Refine history) stays with its
+    model, whose thought signatures it carries.
+    """
+    if validated.history:
+        return False
+    if validated.aspect_ratio and validated.aspect_ratio not in spec.aspect_ratios:
+        return False
+    if validated.image_size and validated.image_size not in spec.image_sizes:
+        return False
+    return len(validated.input_images) <= spec.max_input_images
+
+
 def to_upstream(
     validated: ValidatedRequest,
     config: ServerConfig,

@@ -11,6 +11,7 @@ that is :mod:`imagegen_server.translation`.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -21,11 +22,15 @@ from imagegen_server import errors
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import FieldViolation
 from imagegen_server.gemini.types import Content, InlineImage, Part, Role
-from imagegen_server.imagetypes import SUPPORTED_INPUT_TYPES, same_type, sniff_mime_type
+from imagegen_server.imagetypes import SUPPORTED_INPUT_TYPES, same_type, sniff_mime_type, verify_image
 from imagegen_server.models import ModelSpec, find_model
+from imagegen_server.quoting import shown
 
 MIN_SIDE, MAX_SIDE = 64, 8192
 MAX_REQUEST_ID_CHARS = 128
+#: Input images larger than this are refused from their header, before any decoding (Gemini's own
+#: inputs are far smaller; a bigger header is a decompression bomb or a mistake).
+MAX_INPUT_PIXELS = 50_000_000
 #: The input image limit applied when the model itself is invalid.
 DEFAULT_MAX_INPUT_IMAGES = 14
 
@@ -75,6 +80,8 @@ class ValidatedRequest:
     input_images: tuple[InlineImage, ...]
     #: Refine's conversation so far (signatures kept byte for byte); empty for Generate.
     history: tuple[Content, ...]
+    #: False when the caller set ``disable_model_fallback``.
+    fallback_allowed: bool = True
 
     @property
     def history_len(self) -> int:
@@ -113,6 +120,22 @@ def validate(
         request_id=request_id,
         input_images=images,
         history=turns,
+        fallback_allowed=not opts.disable_model_fallback,
+    )
+
+
+#: Letters and symbols that draw nothing (the Hangul fillers, the braille blank).
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _visible(char: str) -> bool:
+    """Whether ``char`` draws something: not a space, control, format character (U+200B...),
+    lone combining mark or blank letter."""
+    return (
+        char.isprintable()
+        and not char.isspace()
+        and not unicodedata.category(char).startswith("M")
+        and char not in _BLANK_CHARACTERS
     )
 
 
@@ -121,6 +144,10 @@ def _check_prompt(prompt: str, config: ServerConfig, bad: list[FieldViolation]) 
         bad.append(FieldViolation("prompt", "must not be empty"))
     elif len(prompt) > config.max_prompt_chars:
         bad.append(FieldViolation("prompt", f"must be at most {config.max_prompt_chars} characters"))
+    elif not any(_visible(char) for char in prompt):
+        bad.append(
+            FieldViolation("prompt", "has no visible character (only spaces, zero-width or other invisible characters)")
+        )
     return prompt
 
 
@@ -130,7 +157,7 @@ def _check_model(name: str, config: ServerConfig, bad: list[FieldViolation]) -> 
     if spec is not None and (spec.name in config.allowed_models or name in config.allowed_models):
         return spec
     allowed = ", ".join(config.allowed_models)
-    bad.append(FieldViolation("options.model", f"unknown or not allowed model {name!r}; use one of: {allowed}"))
+    bad.append(FieldViolation("options.model", f"unknown or not allowed model {shown(name)}; use one of: {allowed}"))
     return None
 
 
@@ -156,7 +183,8 @@ def _check_aspect_ratio(aspect_ratio: str, spec: ModelSpec | None, bad: list[Fie
         supported = ", ".join(spec.aspect_ratios)
         bad.append(
             FieldViolation(
-                "options.aspect_ratio", f"{aspect_ratio!r} is not supported by {spec.name}; use one of: {supported}"
+                "options.aspect_ratio",
+                f"{shown(aspect_ratio)} is not supported by {spec.name}; use one of: {supported}",
             )
         )
     return aspect_ratio
@@ -167,7 +195,7 @@ def _check_image_size(image_size: str, spec: ModelSpec | None, bad: list[FieldVi
         supported = ", ".join(spec.image_sizes) if spec.image_sizes else "none (leave it empty)"
         bad.append(
             FieldViolation(
-                "options.image_size", f"{image_size!r} is not supported by {spec.name}; supported: {supported}"
+                "options.image_size", f"{shown(image_size)} is not supported by {spec.name}; supported: {supported}"
             )
         )
     return image_size
@@ -204,7 +232,14 @@ def _check_image(
         bad.append(FieldViolation(f"{path}.data", f"not a supported image ({kinds})"))
         return None
     if image.mime_type and not same_type(image.mime_type, detected):
-        bad.append(FieldViolation(f"{path}.mime_type", f"declared {image.mime_type!r} but the bytes are {detected}"))
+        bad.append(
+            FieldViolation(f"{path}.mime_type", f"declared {shown(image.mime_type)} but the bytes are {detected}")
+        )
+        return None
+    try:
+        verify_image(image.data, detected, max_pixels=MAX_INPUT_PIXELS)
+    except ValueError as exc:
+        bad.append(FieldViolation(f"{path}.data", str(exc)))
         return None
     return InlineImage(data=image.data, mime_type=detected)
 
@@ -277,12 +312,12 @@ def _check_part(
     if which == "image":
         if not part.image.data and part.image_generation_id:
             # A model turn passed back as returned, without the image it refers to.
-            key = part.image_generation_id[:200]
+            key = shown(part.image_generation_id)
             bad.append(
                 FieldViolation(
                     f"{path}.image.data",
-                    f"empty: this part refers to the image of generation {key!r}; put that Generation.image "
-                    f"in history_images[{key!r}] (or its bytes in this part's image.data)",
+                    f"empty: this part refers to the image of generation {key}; put that Generation.image "
+                    f"in history_images[{key}] (or its bytes in this part's image.data)",
                 )
             )
             image = None

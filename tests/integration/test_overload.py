@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
-from imagegen_server.emulator import Emulator
+from imagegen.v1 import image_pb2
+from imagegen_server.emulator import Emulator, Scenario
 from tests.conftest import ServerFactory
 from tests.integration.status_helpers import Details, details_of
 
@@ -169,3 +170,150 @@ async def test_outage_opens_the_circuit_bounds_upstream_load_and_recovers(
             assert response.generation.attempts == 1
         assert healthy.stats.received == 5
         assert server.metrics.registry.get_sample_value("imagegen_circuit_state", {"model": model}) == 0.0
+
+
+# --- Fallback: an overloaded model's requests served by another ----------------------------------
+
+PRO = "gemini-3-pro-image"
+FLASH = "gemini-3.1-flash-image"
+FALLBACK = {"fallback_models": (f"{PRO}={FLASH}",)}
+
+
+def models_called(scenario: Scenario) -> list[str]:
+    """The model of each attempt that reached the emulator, in order."""
+    return [path.rsplit("/", 1)[-1].split(":")[0] for path in scenario.stats.paths]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("overloaded", image_pb2.FALLBACK_REASON_UNAVAILABLE),
+        ("rate_limit:0.01", image_pb2.FALLBACK_REASON_RATE_LIMITED),
+    ],
+)
+async def test_fallback_serves_an_overloaded_model_and_the_events_say_so(
+    make_server: ServerFactory, emulator: Emulator, fault: str, reason: image_pb2.FallbackReason.ValueType
+) -> None:
+    async with make_server(**FALLBACK) as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = Stub(channel)
+        streamed = emulator.scenario(fault, fault, fault, "ok")
+        events = await stream_events(stub, f"cat {streamed.marker}", model=PRO)
+        unary = emulator.scenario(fault, fault, fault, "ok")
+        response = await stub.Generate(
+            pb.GenerateRequest(prompt=f"cat {unary.marker}", options=pb.GenerationOptions(model=PRO)), timeout=10
+        )
+    # Three attempts on the requested model, then the fallback answered.
+    assert models_called(streamed) == models_called(unary) == [PRO, PRO, PRO, FLASH]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["accepted"] + ["attempt_started", "attempt_failed"] * 3 + [
+        "model_fallback",
+        "attempt_started",
+        "completed",
+    ]
+    accepted = events[0].accepted
+    assert (accepted.model, accepted.requested_model, list(accepted.fallback_models)) == (PRO, PRO, [FLASH])
+    last_failure = events[6].attempt_failed
+    assert not last_failure.will_retry and last_failure.stop_reason == pb.RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED
+    moved = events[7].model_fallback
+    assert (moved.from_model, moved.to_model, moved.reason) == (PRO, FLASH, reason)
+    for generation in (events[-1].completed, response.generation):
+        assert (generation.model, generation.requested_model, generation.fallback_reason) == (FLASH, PRO, reason)
+        assert generation.attempts == 1  # the attempts of the model that answered
+    assert (
+        server.metrics.registry.get_sample_value(
+            "imagegen_model_fallbacks_total",
+            {"from_model": PRO, "to_model": FLASH, "reason": image_pb2.FallbackReason.Name(reason)[16:].lower()},
+        )
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("steps", "code", "reason", "attempts"),
+    [
+        # Blocked content, a bad argument or a per-day quota: another model would not help.
+        (("prompt_blocked", "ok"), grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_BLOCKED", 1),
+        (("output_blocked", "ok"), grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_BLOCKED", 1),
+        (("invalid_argument", "ok"), grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_INVALID_ARGUMENT", 1),
+        (("quota_daily", "ok"), grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_QUOTA_EXHAUSTED", 1),
+        # Timeouts are not overload: the caller's time is mostly spent.
+        (("timeout", "timeout", "timeout", "ok"), grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", 3),
+    ],
+)
+async def test_fallback_never_for_content_argument_or_per_day_quota(
+    make_server: ServerFactory,
+    emulator: Emulator,
+    steps: tuple[str, ...],
+    code: grpc.StatusCode,
+    reason: str,
+    attempts: int,
+) -> None:
+    scenario = emulator.scenario(*steps)
+    async with make_server(**FALLBACK) as server, grpc.aio.insecure_channel(server.target) as channel:
+        details = await fail(Stub(channel), f"cat {scenario.marker}", model=PRO)
+    assert (details.code, details.reason) == (code, reason)
+    assert models_called(scenario) == [PRO] * attempts
+
+
+async def test_fallback_forbidden_by_the_caller(make_server: ServerFactory, emulator: Emulator) -> None:
+    async with make_server(**FALLBACK) as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = Stub(channel)
+        unary = emulator.scenario("overloaded", "overloaded", "overloaded", "ok")
+        details = await fail(stub, f"cat {unary.marker}", model=PRO, disable_model_fallback=True)
+        streamed = emulator.scenario("overloaded", "overloaded", "overloaded", "ok")
+        request = pb.GenerateStreamRequest(
+            prompt=f"cat {streamed.marker}", options=pb.GenerationOptions(model=PRO, disable_model_fallback=True)
+        )
+        events: list[pb.GenerateStreamResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for event in stub.GenerateStream(request, timeout=10):
+                events.append(event)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert models_called(unary) == models_called(streamed) == [PRO] * 3
+    assert list(events[0].accepted.fallback_models) == []  # the caller is told none will be tried
+    assert not any(e.HasField("model_fallback") for e in events)
+
+
+async def test_fallback_never_after_a_preview_reached_the_caller(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    # Each attempt streams a draft image, then the connection is cut.
+    scenario = emulator.scenario("thoughts:1+cut_body", "thoughts:1+cut_body", "thoughts:1+cut_body", "ok")
+    async with make_server(**FALLBACK) as server, grpc.aio.insecure_channel(server.target) as channel:
+        request = pb.GenerateStreamRequest(prompt=f"cat {scenario.marker}", options=pb.GenerationOptions(model=PRO))
+        events: list[pb.GenerateStreamResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for event in Stub(channel).GenerateStream(request, timeout=10):
+                events.append(event)
+    assert any(e.HasField("preview") for e in events)
+    assert not any(e.HasField("model_fallback") for e in events)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert models_called(scenario) == [PRO] * 3
+
+
+async def test_fallback_starts_on_the_fallback_while_the_circuit_is_open(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    async with (
+        make_server(**FALLBACK, breaker_failure_threshold=1) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        stub = Stub(channel)
+        first = emulator.scenario("overloaded", "overloaded", "overloaded", "ok")
+        response = await stub.Generate(
+            pb.GenerateRequest(prompt=f"cat {first.marker}", options=pb.GenerationOptions(model=PRO)), timeout=10
+        )
+        assert response.generation.fallback_reason == image_pb2.FALLBACK_REASON_UNAVAILABLE
+        # One failed request opened the Pro circuit: the next request goes straight to Flash.
+        second = emulator.scenario("ok")
+        events = await stream_events(stub, f"cat {second.marker}", model=PRO)
+    accepted = events[0].accepted
+    assert (accepted.model, accepted.requested_model, accepted.fallback_reason) == (
+        FLASH,
+        PRO,
+        image_pb2.FALLBACK_REASON_CIRCUIT_OPEN,
+    )
+    assert list(accepted.fallback_models) == []
+    completed = events[-1].completed
+    assert (completed.model, completed.fallback_reason) == (FLASH, image_pb2.FALLBACK_REASON_CIRCUIT_OPEN)
+    assert models_called(second) == [FLASH]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagegen_server.config import ServerConfig
+from imagegen_server.config import ConfigError, ServerConfig
 
 
 def test_defaults_use_the_embedded_emulator() -> None:
@@ -68,3 +68,33 @@ def test_a_public_host_needs_tls_and_caller_auth_or_insecure() -> None:
     assert ServerConfig.from_args(["--host", "0.0.0.0", "--insecure"]).insecure
     assert ServerConfig.from_args([], env={"IMAGEGEN_INSECURE": "true"}).insecure
     assert ServerConfig().metrics_host == "127.0.0.1"
+
+
+def test_fallback_models_parse_in_order_from_flag_and_env() -> None:
+    pairs = "gemini-3-pro-image=gemini-3.1-flash-image, gemini-3-pro-image=gemini-2.5-flash-image"
+    from_flag = ServerConfig.from_args(["--fallback-models", pairs], env={})
+    from_env = ServerConfig.from_args([], env={"IMAGEGEN_FALLBACK_MODELS": pairs})
+    assert from_flag == from_env and from_flag.problems() == []
+    assert from_flag.fallback_chains() == {"gemini-3-pro-image": ("gemini-3.1-flash-image", "gemini-2.5-flash-image")}
+    # Preview aliases name the same models.
+    aliased = ServerConfig(fallback_models=("gemini-3-pro-image-preview=gemini-3.1-flash-image-preview",))
+    assert aliased.fallback_chains() == {"gemini-3-pro-image": ("gemini-3.1-flash-image",)}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "allowed", "message"),
+    [
+        (("gemini-3-pro-image",), None, "is not MODEL=FALLBACK"),
+        (("gemini-3-pro-image=",), None, "is not MODEL=FALLBACK"),
+        (("gemini-3-pro-image=gemini-9-image",), None, "unknown model 'gemini-9-image'"),
+        (("gemini-3-pro-image=gemini-3-pro-image-preview",), None, "falls back to itself"),
+        (("gemini-3-pro-image=gemini-2.5-flash-image",), ("gemini-3-pro-image",), "is not in --allowed-models"),
+    ],
+)
+def test_fallback_models_are_checked_at_startup(
+    pairs: tuple[str, ...], allowed: tuple[str, ...] | None, message: str
+) -> None:
+    config = ServerConfig(fallback_models=pairs, **({"allowed_models": allowed} if allowed else {}))
+    assert len(config.problems()) == 1 and message in config.problems()[0]
+    with pytest.raises(ConfigError, match="--fallback-models"):
+        config.check()

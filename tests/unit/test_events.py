@@ -78,6 +78,21 @@ def test_attempt_failed_carries_the_final_statuss_code_and_reason() -> None:
     assert retrying.will_retry and retrying.retry_delay.ToMilliseconds() == 2500
     stopping = events.attempt_failed(3, error, RetryDecision(will_retry=False, delay=4.0, reason="attempts_exhausted"))
     assert not stopping.will_retry and stopping.retry_delay.ToNanoseconds() == 0  # no wait follows
+    assert retrying.stop_reason == pb.RETRY_STOP_REASON_UNSPECIFIED
+    assert stopping.stop_reason == pb.RETRY_STOP_REASON_ATTEMPTS_EXHAUSTED
+
+
+@pytest.mark.parametrize("reason", ["attempts_exhausted", "deadline", "retry_budget", "circuit_open", "not_retryable"])
+def test_every_stop_reason_has_its_enum_value(reason: str) -> None:
+    value = events.stop_reason(reason)
+    assert pb.RetryStopReason.Name(value) == f"RETRY_STOP_REASON_{reason.upper()}"
+
+
+def test_an_open_circuit_says_when_its_probe_goes() -> None:
+    error = UpstreamError(ErrorKind.CIRCUIT_OPEN, "open", model="gemini-3-pro-image")
+    refused = events.attempt_failed(1, error, RetryDecision(will_retry=False, delay=12.5, reason="circuit_open"))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE.value[0], "CIRCUIT_OPEN")
+    assert refused.stop_reason == pb.RETRY_STOP_REASON_CIRCUIT_OPEN and refused.retry_delay.ToMilliseconds() == 12500
 
 
 def test_preview_has_its_pixel_size_and_undecodable_bytes_get_zero() -> None:
@@ -141,6 +156,7 @@ def test_every_event_wraps_into_its_stream_field(wrap: type[pb.GenerateStreamRes
         events.accepted("g", REQUEST, 3),
         events.attempt_started(1, 3),
         events.attempt_failed(1, UpstreamError(ErrorKind.UNAVAILABLE, "x"), RetryDecision(True, 1.0, "retryable")),
+        events.model_fallback("gemini-3-pro-image", "gemini-3.1-flash-image", image_pb2.FALLBACK_REASON_UNAVAILABLE),
         events.heartbeat(1.0),
         events.preview(InlineImage(png(), "image/png"), 1),
         events.generation(REQUEST, result(), generation_id="g", request_id="", attempts=1, elapsed=1.0),
@@ -151,4 +167,12 @@ def test_every_event_wraps_into_its_stream_field(wrap: type[pb.GenerateStreamRes
         field = message.WhichOneof("event")
         assert getattr(message, str(field)) == event
         fields.append(field)
-    assert fields == ["accepted", "attempt_started", "attempt_failed", "heartbeat", "preview", "completed"]
+    assert fields == [
+        "accepted",
+        "attempt_started",
+        "attempt_failed",
+        "model_fallback",
+        "heartbeat",
+        "preview",
+        "completed",
+    ]

@@ -12,7 +12,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_pb2
 from imagegen_server.config import DEFAULT_CONSTRAINT, ServerConfig
 from imagegen_server.models import find_model
-from imagegen_server.translation import SEED_RANGE, choose_seed, output_shape, to_upstream
+from imagegen_server.translation import SEED_RANGE, can_serve, choose_seed, output_shape, to_upstream
 from imagegen_server.validation import ValidatedRequest, validate
 
 CONFIG = ServerConfig()
@@ -104,3 +104,23 @@ def test_seed_is_the_callers_even_zero_else_random_in_range() -> None:
     seeds = {choose_seed(None, random.Random(i)) for i in range(50)}
     assert all(0 <= s < SEED_RANGE for s in seeds) and len(seeds) > 40
     assert choose_seed(None, random.Random(5)) == choose_seed(None, random.Random(5))  # injected randomness reproduces
+
+
+def test_a_fallback_model_serves_only_requests_it_can_answer_as_asked() -> None:
+    flash, pro, old = (
+        find_model(n) for n in ("gemini-3.1-flash-image", "gemini-3-pro-image", "gemini-2.5-flash-image")
+    )
+    assert flash is not None and pro is not None and old is not None
+    assert can_serve(old, checked(model="gemini-3-pro-image", width=1920, height=1080))  # re-rounded for it
+    assert can_serve(flash, checked(model="gemini-3-pro-image", image_size="4K"))
+    assert not can_serve(old, checked(model="gemini-3-pro-image", image_size="4K"))  # no tiers
+    assert not can_serve(pro, checked(aspect_ratio="1:8"))  # a ratio only 3.1 Flash has
+    history = [
+        image_pb2.Turn(role=image_pb2.ROLE_USER, parts=[image_pb2.Part(text="a cat")]),
+        image_pb2.Turn(
+            role=image_pb2.ROLE_MODEL,
+            parts=[image_pb2.Part(image=image_pb2.Image(data=png()), thought_signature=b"sig")],
+        ),
+    ]
+    refine = validate(pb.RefineRequest(prompt="bluer", history=history), CONFIG, history=history)
+    assert not can_serve(flash, refine)  # a conversation stays with its model

@@ -125,7 +125,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_CALLER_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 20
     """RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
     requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
-    call will be accepted; `QuotaFailure` names the quota.
+    call will be accepted; `QuotaFailure` names the caller
+    (`caller:<name>`). Metadata: `caller`, `quota` (`requests_per_minute` or
+    `max_concurrent`).
     """
     ERROR_REASON_CREDENTIALS_MISSING: _ErrorReason.ValueType  # 21
     """UNAUTHENTICATED. The server requires caller credentials (a tokens file)
@@ -294,7 +296,9 @@ be fine; retry after the delay.
 ERROR_REASON_CALLER_QUOTA_EXCEEDED: ErrorReason.ValueType  # 20
 """RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
 requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
-call will be accepted; `QuotaFailure` names the quota.
+call will be accepted; `QuotaFailure` names the caller
+(`caller:<name>`). Metadata: `caller`, `quota` (`requests_per_minute` or
+`max_concurrent`).
 """
 ERROR_REASON_CREDENTIALS_MISSING: ErrorReason.ValueType  # 21
 """UNAUTHENTICATED. The server requires caller credentials (a tokens file)

@@ -222,7 +222,9 @@ export enum ErrorReason {
   /**
    * RESOURCE_EXHAUSTED. Per-caller quotas: the caller is over its
    * requests-per-minute or concurrent-calls quota. `RetryInfo` says when a
-   * call will be accepted; `QuotaFailure` names the quota.
+   * call will be accepted; `QuotaFailure` names the caller
+   * (`caller:<name>`). Metadata: `caller`, `quota` (`requests_per_minute` or
+   * `max_concurrent`).
    *
    * @generated from enum value: ERROR_REASON_CALLER_QUOTA_EXCEEDED = 20;
    */
