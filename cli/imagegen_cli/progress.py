@@ -17,6 +17,7 @@ from imagegen import (
     GenerationResult,
     Heartbeat,
     ImagegenError,
+    ModelFallback,
     Preview,
     StreamEvent,
 )
@@ -36,6 +37,9 @@ def event_to_dict(event: StreamEvent, *, preview_path: Path | None = None) -> di
             "max_attempts": event.max_attempts,
             "aspect_ratio": event.aspect_ratio,
             "image_size": event.image_size,
+            "requested_model": event.requested_model,
+            "fallback_reason": event.fallback_reason,
+            "fallback_models": list(event.fallback_models),
         }
     if isinstance(event, AttemptStarted):
         return {"event": event.kind, "attempt": event.attempt, "max_attempts": event.max_attempts}
@@ -48,7 +52,10 @@ def event_to_dict(event: StreamEvent, *, preview_path: Path | None = None) -> di
             "message": event.message,
             "retry_delay": event.retry_delay,
             "will_retry": event.will_retry,
+            "stop_reason": event.stop_reason,
         }
+    if isinstance(event, ModelFallback):
+        return {"event": event.kind, "from_model": event.from_model, "to_model": event.to_model, "reason": event.reason}
     if isinstance(event, Heartbeat):
         return {"event": event.kind, "elapsed": round(event.elapsed, 3)}
     if isinstance(event, Preview):
@@ -81,6 +88,8 @@ def result_to_dict(
         "height": result.height,
         "mime_type": result.image.mime_type,
         "model": result.model,
+        "requested_model": result.requested_model,
+        "fallback_reason": result.fallback_reason,
         "model_version": result.model_version,
         "attempts": result.attempts,
         "aspect_ratio": result.aspect_ratio,
@@ -127,8 +136,11 @@ def describe_event(event: StreamEvent, *, preview_path: Path | None = None) -> s
     if isinstance(event, AttemptFailed):
         why = f"{event.code.name} {event.reason}".strip()
         message = event.message if len(event.message) <= 100 else event.message[:97] + "..."
-        tail = f"; retry in {event.retry_delay:.1f} s" if event.will_retry else "; giving up"
+        stop = f" ({event.stop_reason})" if event.stop_reason else ""
+        tail = f"; retry in {event.retry_delay:.1f} s" if event.will_retry else f"; giving up{stop}"
         return f"attempt {event.attempt} failed: {why} ({message}){tail}"
+    if isinstance(event, ModelFallback):
+        return f"{event.from_model} {event.reason.replace('_', ' ')}: falling back to {event.to_model}"
     if isinstance(event, Preview):
         where = f" saved to {preview_path}" if preview_path else ""
         size = f" ({event.image.width}x{event.image.height})" if event.image.width else ""

@@ -17,12 +17,15 @@ from imagegen.types import (
     Heartbeat,
     Image,
     ImageInput,
+    ModelFallback,
     Part,
     Preview,
     StreamEvent,
     Turn,
+    fallback_reason_name,
     sniff_mime_type,
     status_code_from_int,
+    stop_reason_name,
 )
 from imagegen.v1 import image_generation_service_pb2 as service_pb2
 from imagegen.v1 import image_pb2
@@ -59,6 +62,8 @@ class GenerationKwargs(TypedDict, total=False):
         seed: Upstream seed (0 is valid); ``None`` lets the server pick and report one.
         request_id: Idempotency key: the server deduplicates repeats, and the client
             may then retry any retryable error (see :class:`imagegen.ClientRetry`).
+        disable_model_fallback: ``True`` to get the requested model or an error: the
+            server then never answers with one of its fallback models.
         timeout: Deadline in seconds for this call, client-side retries included;
             ``None`` for the client's default.
         metadata: Extra gRPC metadata for this call (pairs or a mapping), sent after
@@ -77,6 +82,7 @@ class GenerationKwargs(TypedDict, total=False):
     image_size: str | None
     seed: int | None
     request_id: str | None
+    disable_model_fallback: bool | None
     timeout: float | None
     metadata: MetadataInput | None
 
@@ -155,6 +161,7 @@ class RequestSpec:
         image_size: str | None = None,
         seed: int | None = None,
         request_id: str | None = None,
+        disable_model_fallback: bool | None = None,
         timeout: float | None = None,
         metadata: MetadataInput | None = None,
         **unknown: object,
@@ -178,6 +185,7 @@ class RequestSpec:
             aspect_ratio=aspect_ratio or "",
             image_size=image_size or "",
             request_id=request_id or "",
+            disable_model_fallback=bool(disable_model_fallback),
         )
         if seed is not None:
             options.seed = seed
@@ -229,6 +237,9 @@ def event_from_response(response: StreamResponse) -> StreamEvent | None:
             max_attempts=a.max_attempts,
             aspect_ratio=a.aspect_ratio,
             image_size=a.image_size,
+            requested_model=a.requested_model or a.model,
+            fallback_reason=fallback_reason_name(a.fallback_reason),
+            fallback_models=tuple(a.fallback_models),
             raw=a,
         )
     if which == "attempt_started":
@@ -243,8 +254,12 @@ def event_from_response(response: StreamResponse) -> StreamEvent | None:
             message=f.message,
             retry_delay=f.retry_delay.ToTimedelta().total_seconds(),
             will_retry=f.will_retry,
+            stop_reason=stop_reason_name(f.stop_reason),
             raw=f,
         )
+    if which == "model_fallback":
+        m = response.model_fallback
+        return ModelFallback(from_model=m.from_model, to_model=m.to_model, reason=fallback_reason_name(m.reason), raw=m)
     if which == "heartbeat":
         h = response.heartbeat
         return Heartbeat(elapsed=h.elapsed.ToTimedelta().total_seconds(), raw=h)

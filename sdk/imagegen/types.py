@@ -28,6 +28,7 @@ __all__ = [
     "Heartbeat",
     "Image",
     "ImageInput",
+    "ModelFallback",
     "ModelInfo",
     "Part",
     "Preview",
@@ -250,6 +251,26 @@ def finish_reason_name(value: int) -> str:
     return name.removeprefix("FINISH_REASON_")
 
 
+def fallback_reason_name(value: int) -> str:
+    """A ``FallbackReason`` value as ``"unavailable"``, ``"rate_limited"``, ``"circuit_open"``; ``""`` for none."""
+    if value == image_pb2.FALLBACK_REASON_UNSPECIFIED:
+        return ""
+    try:
+        return image_pb2.FallbackReason.Name(value).removeprefix("FALLBACK_REASON_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+
+
+def stop_reason_name(value: int) -> str:
+    """A ``RetryStopReason`` value as ``"retry_budget"`` and the like; ``""`` for none."""
+    if value == service_pb2.RETRY_STOP_REASON_UNSPECIFIED:
+        return ""
+    try:
+        return service_pb2.RetryStopReason.Name(value).removeprefix("RETRY_STOP_REASON_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationResult:
     """The result of one successful Generate or Refine: the image and how it was made."""
@@ -286,6 +307,12 @@ class GenerationResult:
     request_id: str
     #: The upstream response id.
     response_id: str
+    #: The model you asked for (or the server's default); differs from :attr:`model`
+    #: only when a fallback model answered.
+    requested_model: str
+    #: Why a fallback model answered: ``"unavailable"``, ``"rate_limited"`` or
+    #: ``"circuit_open"``; ``""`` when the requested model did.
+    fallback_reason: str
     #: The ``imagegen.v1.Generation`` message this was built from.
     raw: image_pb2.Generation = field(repr=False, compare=False)
 
@@ -310,6 +337,8 @@ class GenerationResult:
             model_turn=image_turn(Turn.from_proto(message.model_turn, default_role="model"), image),
             request_id=message.request_id,
             response_id=message.response_id,
+            requested_model=message.requested_model or message.model,
+            fallback_reason=fallback_reason_name(message.fallback_reason),
             raw=message,
         )
 
@@ -387,6 +416,13 @@ class Accepted:
     aspect_ratio: str
     #: The size tier that will be requested.
     image_size: str
+    #: The model you asked for; differs from :attr:`model` when the request starts on
+    #: a fallback model (the requested model's circuit is open).
+    requested_model: str
+    #: Why :attr:`model` is not :attr:`requested_model` (see :attr:`GenerationResult.fallback_reason`).
+    fallback_reason: str
+    #: The models that may serve the request, in order, if :attr:`model` is overloaded.
+    fallback_models: tuple[str, ...]
     #: The ``imagegen.v1.Accepted`` message.
     raw: service_pb2.Accepted = field(repr=False, compare=False)
     #: Event name used in JSON output.
@@ -423,10 +459,29 @@ class AttemptFailed:
     retry_delay: float
     #: True when another attempt follows.
     will_retry: bool
+    #: Why no attempt follows (``"attempts_exhausted"``, ``"deadline"``, ``"retry_budget"``,
+    #: ``"circuit_open"``, ``"not_retryable"``); ``""`` while retrying.
+    stop_reason: str
     #: The ``imagegen.v1.AttemptFailed`` message.
     raw: service_pb2.AttemptFailed = field(repr=False, compare=False)
     #: Event name used in JSON output.
     kind: Literal["attempt_failed"] = field(default="attempt_failed", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFallback:
+    """The requested model stayed overloaded: another model serves the request from here on."""
+
+    #: The model given up on.
+    from_model: str
+    #: The model tried next.
+    to_model: str
+    #: Why: ``"unavailable"``, ``"rate_limited"`` or ``"circuit_open"``.
+    reason: str
+    #: The ``imagegen.v1.ModelFallback`` message.
+    raw: service_pb2.ModelFallback = field(repr=False, compare=False)
+    #: Event name used in JSON output.
+    kind: Literal["model_fallback"] = field(default="model_fallback", init=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,4 +522,4 @@ class Completed:
 
 #: One event of ``generate_stream`` / ``refine_stream``. A failed stream raises
 #: an :class:`imagegen.ImagegenError` instead of yielding a final event.
-StreamEvent: TypeAlias = Accepted | AttemptStarted | AttemptFailed | Heartbeat | Preview | Completed
+StreamEvent: TypeAlias = Accepted | AttemptStarted | AttemptFailed | ModelFallback | Heartbeat | Preview | Completed

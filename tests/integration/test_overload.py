@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import imagegen
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen.v1 import image_pb2
@@ -317,3 +318,37 @@ async def test_fallback_starts_on_the_fallback_while_the_circuit_is_open(
     completed = events[-1].completed
     assert (completed.model, completed.fallback_reason) == (FLASH, image_pb2.FALLBACK_REASON_CIRCUIT_OPEN)
     assert models_called(second) == [FLASH]
+
+
+async def test_the_sdk_shows_fallbacks_and_raises_a_typed_error_for_an_open_circuit(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    async with (
+        make_server(**FALLBACK, breaker_failure_threshold=1) as server,
+        imagegen.AsyncClient(server.target, timeout=10) as client,
+    ):
+        overloaded = emulator.scenario("overloaded", "overloaded", "overloaded", "ok")
+        events = [event async for event in client.generate_stream(f"cat {overloaded.marker}", model=PRO)]
+        fallbacks = [e for e in events if isinstance(e, imagegen.ModelFallback)]
+        assert [(e.from_model, e.to_model, e.reason) for e in fallbacks] == [(PRO, FLASH, "unavailable")]
+        stops = [e.stop_reason for e in events if isinstance(e, imagegen.AttemptFailed)]
+        assert stops == ["", "", "attempts_exhausted"]
+        assert isinstance(events[0], imagegen.Accepted) and events[0].fallback_models == (FLASH,)
+        completed = events[-1]
+        assert isinstance(completed, imagegen.Completed)
+        assert (completed.result.model, completed.result.requested_model, completed.result.fallback_reason) == (
+            FLASH,
+            PRO,
+            "unavailable",
+        )
+
+        # That failed request opened Pro's circuit: Pro or nothing is a typed, retryable error...
+        healthy = emulator.scenario("ok")
+        with pytest.raises(imagegen.UnavailableError) as info:
+            await client.generate(f"cat {healthy.marker}", model=PRO, disable_model_fallback=True)
+        assert info.value.reason == "CIRCUIT_OPEN" and info.value.metadata["model"] == PRO
+        assert info.value.retry_after is not None and info.value.retry_after > 0
+        assert healthy.stats.received == 0
+        # ... and by default Flash answers at once.
+        result = await client.generate(f"cat {healthy.marker}", model=PRO)
+        assert (result.model, result.fallback_reason, result.attempts) == (FLASH, "circuit_open", 1)

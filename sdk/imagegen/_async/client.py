@@ -99,9 +99,9 @@ class AsyncClient(ClientConfig):
         Args:
             prompt: What to draw.
             **options: Keyword options ``input_images``, ``model``, ``width``, ``height``,
-                ``aspect_ratio``, ``image_size``, ``seed``, ``request_id``, ``timeout``
-                and ``metadata``, shared by every generation method and documented
-                once in :class:`imagegen.GenerationKwargs`.
+                ``aspect_ratio``, ``image_size``, ``seed``, ``request_id``,
+                ``disable_model_fallback``, ``timeout`` and ``metadata``, shared by every
+                generation method and documented once in :class:`imagegen.GenerationKwargs`.
 
         Returns:
             The image and everything known about how it was made.
@@ -133,7 +133,9 @@ class AsyncClient(ClientConfig):
         Yields :class:`imagegen.Accepted`, then per upstream attempt
         :class:`imagegen.AttemptStarted` and possibly :class:`imagegen.AttemptFailed`
         (with the server's retry delay), :class:`imagegen.Heartbeat` and
-        :class:`imagegen.Preview` while waiting, and finally :class:`imagegen.Completed`.
+        :class:`imagegen.Preview` while waiting, :class:`imagegen.ModelFallback` when
+        the server moves the request to a fallback model, and finally
+        :class:`imagegen.Completed`.
         A failure raises from the iteration. Returns at once; the call starts when
         iteration starts: ``async for event in client.generate_stream(...)``.
         Options: :class:`imagegen.GenerationKwargs`.
