@@ -15,15 +15,34 @@ import os
 SMALL_REQUEST_BYTES = 64 * 1024
 #: The default bound never exceeds this, whatever the machine.
 _DEFAULT_CAP = 1024 * 1024 * 1024
+#: Where a container's memory limit is (cgroup v2, v1); "max" or a huge number means none.
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 def default_bound(max_message_bytes: int) -> int:
-    """The default bound: 1/64 of physical memory, at most 1 GiB, at least one largest message."""
+    """The default bound: 1/64 of the memory this process may use, at most 1 GiB, at least one largest message.
+
+    The memory is the machine's, or the container's limit (cgroup) when that is lower. Each admitted
+    byte costs about six in the server's memory while the call runs (see the README's "Security").
+    """
+    return max(max_message_bytes, min(usable_memory() // 64, _DEFAULT_CAP))
+
+
+def usable_memory() -> int:
+    """Physical memory, or the cgroup (v2 or v1) memory limit when lower."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # pragma: no cover - not POSIX
         memory = 16 * _DEFAULT_CAP
-    return max(max_message_bytes, min(memory // 64, _DEFAULT_CAP))
+    for limit_file in _CGROUP_LIMITS:
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text))
+    return memory
 
 
 class RequestBytes:

@@ -113,3 +113,13 @@ def test_request_bytes_bound() -> None:
     assert bound.try_reserve(60) and not bound.try_reserve(50) and bound.held == 60
     bound.release(60)
     assert bound.try_reserve(100) and bound.held == 100
+
+
+def test_the_default_memory_bound_is_sized_for_the_machine() -> None:
+    from imagegen_server.inflight import default_bound, usable_memory
+
+    assert usable_memory() > 0
+    bound = default_bound(64 << 20)
+    assert 64 << 20 <= bound <= 1 << 30
+    assert bound == max(64 << 20, min(usable_memory() // 64, 1 << 30))
+    assert default_bound(2 << 30) == 2 << 30  # never below one largest message
