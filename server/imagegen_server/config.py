@@ -375,19 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-budget-percent",
         dest="retry_budget_percent",
         type=float,
-        help="per model: failed retries allowed as a percentage of recent requests (default 20)",
+        metavar="PERCENT",
+        help="per model: failed retries allowed as a percentage of the window's requests",
     )
     p.add_argument(
         "--retry-budget-min-retries",
         dest="retry_budget_min_retries",
         type=int,
-        help="per model: failed retries always allowed per window, on top of the percentage (default 20)",
+        metavar="N",
+        help="per model: failed retries always allowed per window, on top of the percentage",
     )
     p.add_argument(
         "--retry-budget-window",
         dest="retry_budget_window",
         type=float,
-        help="the retry budget's sliding window, seconds (default 60)",
+        metavar="SECONDS",
+        help="the retry budget's sliding window",
     )
     p.add_argument(
         "--upstream-idle-timeout",
@@ -405,26 +408,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--fallback-models",
         dest="fallback_models",
         type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-        help="comma-separated MODEL=FALLBACK pairs, in order of preference, e.g. "
-        "gemini-3-pro-image=gemini-3.1-flash-image: serve an overloaded model's requests with another (default none)",
+        metavar="MODEL=FALLBACK,...",
+        help="serve an overloaded model's requests with another, e.g. gemini-3-pro-image=gemini-3.1-flash-image; "
+        "several pairs for one model give its fallbacks in order",
     )
     p.add_argument(
         "--breaker-failure-threshold",
         dest="breaker_failure_threshold",
         type=int,
-        help="per model: requests failed overloaded in a row that open its circuit; 0 turns breakers off (default 5)",
+        metavar="N",
+        help="per model: requests failed overloaded in a row that open its circuit; 0 turns breakers off",
     )
     p.add_argument(
         "--breaker-open-seconds",
         dest="breaker_open_seconds",
         type=float,
-        help="seconds an open circuit fails calls fast before one probe, x2, x3... per reopening (default 30)",
+        metavar="SECONDS",
+        help="how long an open circuit fails calls fast before one probe call (x2, x3... per reopening)",
     )
     p.add_argument(
         "--breaker-max-open-seconds",
         dest="breaker_max_open_seconds",
         type=float,
-        help="cap on the open time, seconds (default 300)",
+        metavar="SECONDS",
+        help="cap on the open time",
     )
     p.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="concurrent upstream calls")
     p.add_argument("--queue-timeout", dest="queue_timeout", type=float, help="max wait for a free slot, seconds")

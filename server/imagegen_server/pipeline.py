@@ -24,7 +24,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_pb2
 from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors, events
-from imagegen_server.breaker import BreakerPolicy, CircuitBreaker, ModelCircuit
+from imagegen_server.breaker import BreakerPolicy, BreakerStore, CircuitBreaker, ModelCircuit
 from imagegen_server.caller import current_caller
 from imagegen_server.config import ServerConfig
 from imagegen_server.errors import ServiceError
@@ -153,6 +153,7 @@ class Pipeline:
         observer: GenerationObserver | None = None,
         rng: random.Random | None = None,
         idempotency: IdempotencyStore[image_pb2.Generation] | None = None,
+        breakers: BreakerStore | None = None,
     ) -> None:
         self._config = config
         self._upstream = upstream
@@ -170,7 +171,7 @@ class Pipeline:
         #: One retry budget per upstream model (quotas and outages are per model), made on first use.
         self._budgets: dict[str, RetryBudget] = {}
         self._budget(config.default_model)  # a bad budget setting fails at startup, not on a request
-        #: The circuits of all models (state in an in-memory store; shared stores come later).
+        #: The circuits of all models; their state in ``breakers`` (default: this process's memory).
         self._breaker = CircuitBreaker(
             BreakerPolicy(
                 failure_threshold=config.breaker_failure_threshold,
@@ -178,6 +179,7 @@ class Pipeline:
                 max_open_seconds=config.breaker_max_open_seconds,
                 probe_timeout=config.attempt_timeout,
             ),
+            store=breakers,
             clock=clock.now,
             listener=self._observer.circuit_changed,
         )

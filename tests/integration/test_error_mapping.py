@@ -123,6 +123,7 @@ async def test_deadline_shorter_than_retry_delay_fails_fast(stub: Stub, emulator
     assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED")
     assert d.retry_delay == pytest.approx(3.0)
     assert scenario.stats.received == 1
+    assert d.metadata["stopReason"] == "deadline"
 
 
 async def test_callers_deadline_during_upstream_call(stub: Stub, emulator: Emulator) -> None:

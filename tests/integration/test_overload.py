@@ -254,6 +254,7 @@ async def test_fallback_never_for_content_argument_or_per_day_quota(
         details = await fail(Stub(channel), f"cat {scenario.marker}", model=PRO)
     assert (details.code, details.reason) == (code, reason)
     assert models_called(scenario) == [PRO] * attempts
+    assert details.metadata["stopReason"] == ("attempts_exhausted" if attempts > 1 else "not_retryable")
 
 
 async def test_fallback_forbidden_by_the_caller(make_server: ServerFactory, emulator: Emulator) -> None:
