@@ -259,6 +259,12 @@ class LiveReporter:
                     self._retry_why = event.code.name + (f" ({event.reason})" if event.reason else "")
                 if line:
                     self._print_above(line)
+            elif isinstance(event, ModelFallback):
+                self._attempt = ""
+                self._status = f"falling back to {event.to_model}"
+                line = describe_event(event)
+                if line:
+                    self._print_above(line)
             elif isinstance(event, Preview):
                 self._status = f"preview {event.index}"
                 line = describe_event(event, preview_path=preview_path)

@@ -16,9 +16,10 @@ import imagegen
 from imagegen._convert import event_from_response
 from imagegen.testing import FakeError, FakeServer, FakeStream, make_generation, make_png, stream_events
 from imagegen.v1 import image_generation_service_pb2 as pb
+from imagegen.v1 import image_pb2
 from imagegen_cli import files, main
 from imagegen_cli.exit_codes import EXIT_CODES, describe_error, exit_code_for
-from imagegen_cli.progress import LiveReporter, make_reporter
+from imagegen_cli.progress import JsonReporter, LiveReporter, PlainReporter, make_reporter
 
 S = grpc.StatusCode
 
@@ -448,6 +449,34 @@ def test_live_reporter_status_line() -> None:
     assert "preview 1 (4x4) saved to fox.preview-1.png\n" in text
     assert "attempt 2/3" in text
     assert text.endswith("\r\x1b[2K")
+
+
+def test_reporters_say_when_the_server_falls_back_to_another_model() -> None:
+    fell = event_from_response(
+        pb.GenerateStreamResponse(
+            model_fallback=pb.ModelFallback(
+                from_model="gemini-3-pro-image",
+                to_model="gemini-3.1-flash-image",
+                reason=image_pb2.FALLBACK_REASON_UNAVAILABLE,
+            )
+        )
+    )
+    assert fell is not None
+    plain, lines = io.StringIO(), io.StringIO()
+    PlainReporter(plain).event(fell)
+    JsonReporter(lines).event(fell)
+    assert plain.getvalue() == "gemini-3-pro-image unavailable: falling back to gemini-3.1-flash-image\n"
+    assert json.loads(lines.getvalue()) == {
+        "event": "model_fallback",
+        "from_model": "gemini-3-pro-image",
+        "to_model": "gemini-3.1-flash-image",
+        "reason": "unavailable",
+    }
+    live = io.StringIO()
+    reporter = LiveReporter(live, interval=60)
+    reporter.event(fell)
+    reporter.close()
+    assert "falling back to gemini-3.1-flash-image" in live.getvalue()
 
 
 def test_make_reporter_picks_by_tty() -> None:

@@ -224,6 +224,48 @@ def test_events_from_responses() -> None:
     assert isinstance(event_from_response(refine), imagegen.Heartbeat)
 
 
+def test_fallback_and_stop_reason_events_from_responses() -> None:
+    fell = pb.GenerateStreamResponse(
+        model_fallback=pb.ModelFallback(
+            from_model="gemini-3-pro-image",
+            to_model="gemini-3.1-flash-image",
+            reason=image_pb2.FALLBACK_REASON_RATE_LIMITED,
+        )
+    )
+    event = event_from_response(fell)
+    assert isinstance(event, imagegen.ModelFallback)
+    assert (event.from_model, event.to_model, event.reason, event.kind) == (
+        "gemini-3-pro-image",
+        "gemini-3.1-flash-image",
+        "rate_limited",
+        "model_fallback",
+    )
+    stopped = event_from_response(
+        pb.GenerateStreamResponse(
+            attempt_failed=pb.AttemptFailed(attempt=1, code=14, stop_reason=pb.RETRY_STOP_REASON_CIRCUIT_OPEN)
+        )
+    )
+    assert isinstance(stopped, imagegen.AttemptFailed) and stopped.stop_reason == "circuit_open"
+    accepted = event_from_response(
+        pb.GenerateStreamResponse(
+            accepted=pb.Accepted(
+                model="gemini-3.1-flash-image",
+                requested_model="gemini-3-pro-image",
+                fallback_reason=image_pb2.FALLBACK_REASON_CIRCUIT_OPEN,
+            )
+        )
+    )
+    assert isinstance(accepted, imagegen.Accepted)
+    assert (accepted.requested_model, accepted.fallback_reason, accepted.fallback_models) == (
+        "gemini-3-pro-image",
+        "circuit_open",
+        (),
+    )
+    # From an older server: no requested model means the model that answered; no reasons.
+    plain = event_from_response(pb.GenerateStreamResponse(accepted=pb.Accepted(model="m")))
+    assert isinstance(plain, imagegen.Accepted) and (plain.requested_model, plain.fallback_reason) == ("m", "")
+
+
 def test_normalize_metadata() -> None:
     assert normalize_metadata(None) == ()
     assert normalize_metadata({"X-Team": "a"}) == (("x-team", "a"),)
