@@ -12,7 +12,8 @@ For each call, :class:`AccessInterceptor`:
 3. counts the call against its caller's quotas
    (:class:`~imagegen_server.quotas.CallerLimiter`).
 
-A refused call is never decoded or run: it ends with UNAUTHENTICATED,
+:meth:`AccessInterceptor.admitted` runs the same checks, with the same state,
+for calls the REST gateway carries. A refused call is never decoded or run: it ends with UNAUTHENTICATED,
 PERMISSION_DENIED or RESOURCE_EXHAUSTED and its ErrorInfo. An admitted call's
 caller is bound for everything below (:func:`~imagegen_server.caller.bind_caller`):
 access log, metrics, pipeline.
@@ -20,11 +21,13 @@ access log, metrics, pipeline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 import grpc
 
+from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors
 from imagegen_server.auth import UNLIMITED, Authenticator, Verdict
 from imagegen_server.caller import bind_caller
@@ -179,6 +182,46 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 ),
             )
         return lease.release
+
+    @contextlib.asynccontextmanager
+    async def admitted(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]], size: int
+    ) -> AsyncIterator[None]:
+        """The same checks for a call another transport carries (the REST gateway), as one block.
+
+        ``method`` is ``/package.Service/Method``, ``metadata`` the call's headers, ``size`` its request
+        body's bytes (not yet decoded). Raises the refusal's :class:`ServiceError`; inside the block the
+        caller is bound and counted against its quotas, and the bytes against the memory bound.
+        """
+        verdict = self._auth.by_metadata(method, metadata)
+        if verdict is None:  # only mutual TLS defers to the certificate, and the REST port has none
+            raise errors.build(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this port takes bearer tokens only: send 'Authorization: Bearer <token>'",
+                ErrorReason.ERROR_REASON_CREDENTIALS_MISSING,
+                {"method": method},
+            )
+        limit = self._request_limit(method)
+        if size > limit:
+            raise errors.request_too_large(limit, size, {"method": method})
+        if not self._bytes.try_reserve(size):
+            raise errors.memory_overloaded(MEMORY_RETRY_DELAY, {"method": method})
+        try:
+            bind_caller(verdict.caller)
+            release = _nothing
+            if verdict.quota != UNLIMITED:
+                try:
+                    release = (await self._limiter.acquire(verdict.caller.name, verdict.quota)).release
+                except QuotaExceeded as exceeded:
+                    raise errors.caller_quota_exceeded(
+                        verdict.caller.name, exceeded.quota, exceeded.limit, exceeded.retry_after, {"method": method}
+                    ) from None
+            try:
+                yield
+            finally:
+                release()
+        finally:
+            self._bytes.release(size)
 
     def _release_bytes(self, call: _Call) -> None:
         if call.bytes_held:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -26,11 +27,19 @@ from imagegen_server.decoding import DecodeInterceptor
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.inflight import SMALL_REQUEST_BYTES, RequestBytes, default_bound
-from imagegen_server.observability import Metrics, ObservabilityInterceptor, metrics_app
+from imagegen_server.lifecycle import ObserverGroup
+from imagegen_server.observability import (
+    AttemptsRecorder,
+    Metrics,
+    ObservabilityInterceptor,
+    RpcObserver,
+    metrics_app,
+)
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error, host_port
 from imagegen_server.quotas import LocalCallerLimiter
 from imagegen_server.reflection import enable_reflection
+from imagegen_server.rest import RestGateway
 from imagegen_server.service import ImageGenerationServicer
 from imagegen_server.sharedstate.stores import SharedStores, open_stores
 from imagegen_server.tls import CertificateFiles
@@ -56,6 +65,8 @@ class RunningServer:
     metrics: Metrics
     #: Port of the ``/metrics`` endpoint, when enabled.
     metrics_port: int | None
+    #: Port of the REST/JSON + SSE gateway, when enabled.
+    http_port: int | None = None
 
     @property
     def target(self) -> str:
@@ -114,6 +125,8 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             "--insecure: listening on %s without TLS and caller authentication; a proxy in front must provide both",
             config.host,
         )
+    if config.http_port:
+        check_bindable(config.host, config.http_port, what="HTTP port", flag="--http-port")
     async with contextlib.AsyncExitStack() as stack:
         emulator: Emulator | None = None
         api_key: str | None
@@ -137,16 +150,33 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         metrics = Metrics()
         shared = await _shared_stores(stack, config, metrics)
         pipeline = Pipeline(
-            config, client, observer=metrics, idempotency=shared.idempotency if shared is not None else None
+            config,
+            client,
+            observer=ObserverGroup([metrics, AttemptsRecorder()]),
+            idempotency=shared.idempotency if shared is not None else None,
         )
+        rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
-        server = _grpc_server(config, metrics, authenticator)
-        pb_grpc.add_ImageGenerationServiceServicer_to_server(ImageGenerationServicer(pipeline, config), server)
+        access = _access(config, authenticator)
+        server = _grpc_server(config, rpc_observer, access)
+        servicer = ImageGenerationServicer(pipeline, config)
+        pb_grpc.add_ImageGenerationServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
         port = _listen(server, config, certificates)
         await server.start()
+        http_port = None
+        if config.http_port is not None:
+            gateway = RestGateway(
+                servicer,
+                pb.DESCRIPTOR.services_by_name["ImageGenerationService"],
+                rpc_observer,
+                admit=access.admitted,  # the gRPC port's own checks and state
+                cors_origins=config.cors_origins,
+                max_body_bytes=config.max_message_bytes,
+            )
+            http_port = await _start_rest(stack, gateway, config)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         running = RunningServer(
             server=server,
@@ -159,6 +189,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             shutdown_grace=config.shutdown_grace,
             metrics=metrics,
             metrics_port=metrics_port,
+            http_port=http_port,
         )
         log.info(
             "imagegen listening on %s (%s, %s, default model %s)",
@@ -202,6 +233,34 @@ async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, con
     port = int(runner.addresses[0][1])
     log.info("metrics on http://%s/metrics", host_port(config.metrics_host, port))
     return port
+
+
+async def _start_rest(stack: contextlib.AsyncExitStack, gateway: RestGateway, config: ServerConfig) -> int:
+    """Serve REST/JSON + SSE until the stack closes (HTTPS with the gRPC port's certificate); returns the port."""
+    # handler_cancellation: a caller hanging up cancels its generation, as on the gRPC port.
+    runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    ssl_context = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+    try:
+        await web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context).start()
+    except OSError as exc:
+        port = config.http_port or 0
+        raise CannotListenError(
+            describe_bind_error(exc, config.host, port, what="HTTP port", flag="--http-port")
+        ) from exc
+    port = int(runner.addresses[0][1])
+    scheme = "https" if ssl_context else "http"
+    log.info("REST/JSON and SSE on %s://%s/v1/ (%s)", scheme, host_port(config.host, port), _cors(config))
+    return port
+
+
+def _cors(config: ServerConfig) -> str:
+    """Who may call from a browser, for the start-up line."""
+    return f"CORS for {', '.join(config.cors_origins)}" if config.cors_origins else "no CORS"
 
 
 def _shares_port(config: ServerConfig) -> bool:
@@ -267,16 +326,20 @@ def _request_limit(config: ServerConfig) -> Callable[[str], int]:
     return limit
 
 
-def _grpc_server(config: ServerConfig, metrics: Metrics, authenticator: Authenticator) -> grpc.aio.Server:
-    """A grpc.aio server with our interceptors and limits, no services yet."""
+def _access(config: ServerConfig, authenticator: Authenticator) -> AccessInterceptor:
+    """Who may call and how much: one instance (one quota and memory state) for the gRPC and REST ports."""
     bound = config.max_request_bytes_in_flight or default_bound(config.max_message_bytes)
     log.info("request bytes in flight bounded at %d MiB", bound >> 20)
-    access = AccessInterceptor(authenticator, LocalCallerLimiter(), RequestBytes(bound), _request_limit(config))
+    return AccessInterceptor(authenticator, LocalCallerLimiter(), RequestBytes(bound), _request_limit(config))
+
+
+def _grpc_server(config: ServerConfig, rpc_observer: RpcObserver, access: AccessInterceptor) -> grpc.aio.Server:
+    """A grpc.aio server with our interceptors and limits, no services yet."""
     return grpc.aio.server(
         # Outermost first: refused calls are still logged and counted; DecodeInterceptor last, nearest the
         # handlers, so a request that does not decode is logged, counted and authenticated like any other
         # (and the access interceptor's size checks run on the raw bytes before it decodes them).
-        interceptors=[ObservabilityInterceptor(metrics), access, DecodeInterceptor()],
+        interceptors=[ObservabilityInterceptor(rpc_observer), access, DecodeInterceptor()],
         options=[
             # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
             ("grpc.so_reuseport", int(_shares_port(config))),

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from imagegen_server.app import serve
 from imagegen_server.config import ConfigError, ServerConfig
-from imagegen_server.observability import GenerationLogFilter, SafeLogFilter
+from imagegen_server.logs import log_handler
 from imagegen_server.ports import CannotListenError
 
 EXIT_OK = 0
@@ -30,12 +30,8 @@ EXIT_INTERRUPTED = 130
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``imagegen serve``; returns the process exit code."""
     config = ServerConfig.from_args(list(argv) if argv is not None else None)
-    handler = logging.StreamHandler(sys.stderr)
-    # Every line of a request names its generation, so one request's story greps out.
-    handler.addFilter(GenerationLogFilter())
-    # One record, one line, and never the API key (its main scrub is where upstream text enters).
-    handler.addFilter(SafeLogFilter([config.api_key] if config.api_key else []))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(generation)s] %(message)s"))
+    # Every line of a request names its RPC and generation, so one request's story greps out.
+    handler = log_handler(config.log_format, sys.stderr, secrets=[config.api_key])
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         stopped_by = asyncio.run(serve(config))

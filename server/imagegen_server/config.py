@@ -151,6 +151,14 @@ class ServerConfig:
     #: Largest result (bytes) kept in the shared state for repeated request ids; larger ones
     #: reach only the duplicates waiting in the same replica.
     state_max_result_bytes: int = 16 * 1024 * 1024
+    #: Serve REST/JSON and Server-Sent Events on this port (same host); None = off, 0 = a free port.
+    http_port: int | None = None
+    #: Origins browsers may call the REST port from (CORS); ``*`` for any; empty: no CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    #: Log lines as JSON objects or text; None: JSON unless stderr is a terminal.
+    log_format: str | None = None
+    #: Put each request's prompt in its access line (off: prompts are never logged).
+    log_prompts: bool = False
 
     @property
     def uses_embedded_emulator(self) -> bool:
@@ -203,6 +211,10 @@ class ServerConfig:
                     "add them, or pass --insecure if a proxy or mesh in front provides both"
                 )
         found.extend(self._fallback_problems())
+        if self.tls_client_ca is not None and self.http_port is not None:
+            found.append("--http-port does not take client certificates yet: use bearer tokens, or no --tls-client-ca")
+        if self.cors_origins and self.http_port is None:
+            found.append("--cors-origins is for the REST port: give --http-port too")
         return found
 
     def fallback_chains(self) -> dict[str, tuple[str, ...]]:
@@ -285,6 +297,8 @@ _DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(ServerConfig) 
 _DEFAULT_TEXT = {
     "upstream_url": f"{GOOGLE_BASE_URL}, or the embedded emulator when there is no key",
     "metrics_port": "off",
+    "http_port": "off",
+    "cors_origins": "none",
     "emulator_image_profile": "realistic",
     "tls_cert": "off (plaintext)",
     "tls_key": "none",
@@ -292,6 +306,7 @@ _DEFAULT_TEXT = {
     "auth_tokens_file": "off (no bearer tokens)",
     "max_request_bytes_in_flight": "1/64 of the machine's memory, at most 1 GiB, at least --max-message-bytes",
     "state_url": "off (state in this process only)",
+    "log_format": "json, or text when stderr is a terminal",
 }
 
 
@@ -465,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-host", dest="metrics_host", help="interface of the metrics port (it has no authentication)"
     )
+    p.add_argument(
+        "--http-port",
+        dest="http_port",
+        type=int,
+        help="also serve REST/JSON and Server-Sent Events on this port (0 for a free one)",
+    )
+    p.add_argument(
+        "--cors-origins",
+        dest="cors_origins",
+        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        help="comma-separated origins browsers may call the REST port from, or *",
+    )
     p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve TLS with this certificate chain")
     p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument(
@@ -513,6 +540,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="state_max_result_bytes",
         type=int,
         help="largest result kept in Redis for repeated request ids",
+    )
+    p.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=["json", "text"],
+        help="log lines as JSON objects (one per line) or text",
+    )
+    p.add_argument(
+        "--log-prompts",
+        dest="log_prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="include each request's prompt in its access log line (prompts are never logged otherwise)",
     )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
     p.epilog = _epilog(set(vars(p.parse_args([]))))

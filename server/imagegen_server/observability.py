@@ -1,19 +1,24 @@
-"""Access logs and Prometheus metrics for every RPC, as one server interceptor.
+"""Access logs and Prometheus metrics for every RPC, whichever transport carries it.
 
-Each RPC gets one log line (method, status code, duration, caller, request and
-generation ids; never request bodies or the API key) and is counted in a
-per-server :class:`Metrics` registry, served over HTTP by :func:`metrics_app`.
-:class:`Metrics` also observes the pipeline's generation lifecycle
-(:mod:`imagegen_server.lifecycle`) to count upstream attempts and retry waits.
+:class:`RpcObserver` is what every RPC goes through: the gRPC
+:class:`ObservabilityInterceptor` and the REST gateway both wrap each call in
+:meth:`RpcObserver.observe`. Each RPC gets one access line (method, status
+code, duration, caller, attempts, request and generation ids; never request bodies or
+the API key; fields as :mod:`imagegen_server.logs` writes them) and is counted
+in a per-server :class:`Metrics` registry, served over HTTP by
+:func:`metrics_app`. :class:`Metrics` also observes the pipeline's generation
+lifecycle (:mod:`imagegen_server.lifecycle`) to count upstream attempts and
+retry waits; :class:`AttemptsRecorder` puts the attempts on the access line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -24,59 +29,11 @@ from imagegen_server.breaker import CircuitState
 from imagegen_server.caller import current_caller
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.logs import RpcLogContext, bind_rpc, current_generation, current_rpc, unbind_rpc
 from imagegen_server.quoting import cut, escape_controls
 from imagegen_server.retry import RetryDecision
 
 log = logging.getLogger("imagegen_server.access")
-
-#: The generation the current task works on. Each RPC runs in its own task, and
-#: tasks it starts (the retry loop) inherit a copy, so every log line of a
-#: request can name it without passing ids through every function.
-_GENERATION: ContextVar[str] = ContextVar("imagegen_generation", default="-")
-
-
-def bind_generation(generation_id: str) -> None:
-    """Tag log records of the current RPC (and tasks it starts) with ``generation_id``."""
-    _GENERATION.set(generation_id)
-
-
-class GenerationLogFilter(logging.Filter):
-    """Adds ``%(generation)s`` to every record: the id of the generation being served, or ``-``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Annotate the record; never drops it."""
-        record.generation = _GENERATION.get()
-        return True
-
-
-class SafeLogFilter(logging.Filter):
-    """Makes every record safe to write: control characters escaped, so one record is one line
-    (a caller's newline cannot forge a log line), and the given secrets redacted (defence in depth:
-    the API key is scrubbed where upstream text enters, this catches whatever slips past).
-
-    Tracebacks keep their lines; only secrets are taken out of them.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        # Short values are test placeholders; redacting them would mangle ordinary words.
-        self._secrets = tuple(secret for secret in secrets if len(secret) >= 8)
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[REDACTED]")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record's message (and traceback text) in place; never drops it."""
-        record.msg, record.args = escape_controls(self._redact(record.getMessage())), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self._redact(record.stack_info)
-        return True
 
 
 class Metrics(GenerationObserver):
@@ -207,7 +164,31 @@ def metrics_app(metrics: Metrics) -> web.Application:
     return app
 
 
-def _request_id(request: Any, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+class AttemptsRecorder(GenerationObserver):
+    """Writes how many upstream attempts a request made into its RPC's access line."""
+
+    def generation_done(self, model: str, attempts: int, elapsed: float) -> None:
+        """Record the attempts of a generation that got its image."""
+        _record_attempts(attempts)
+
+    def generation_failed(
+        self, model: str, attempts: int, error: UpstreamError, stop_reason: str, elapsed: float
+    ) -> None:
+        """Record the attempts of a generation that failed for good."""
+        _record_attempts(attempts)
+
+
+def _record_attempts(attempts: int) -> None:
+    rpc = current_rpc()
+    if rpc is not None:
+        rpc.attempts = attempts
+
+
+Metadata = Iterable[tuple[str, str | bytes]]
+
+
+def request_id_of(request: Any, metadata: Metadata | None) -> str:
+    """The request id a call names: ``options.request_id``, else its ``x-request-id`` metadata (128 chars)."""
     options = getattr(request, "options", None)
     rid = getattr(options, "request_id", "") if options is not None else ""
     if not rid:
@@ -216,11 +197,108 @@ def _request_id(request: Any, metadata: tuple[tuple[str, str | bytes], ...] | No
     return escape_controls(cut(str(rid), 128))
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Logs and counts every unary and server-streaming RPC."""
+def trace_id_of(metadata: Metadata | None) -> str:
+    """The trace id of a W3C ``traceparent`` in ``metadata`` (32 hex digits), or ``""``."""
+    for key, value in metadata or ():
+        if key.lower() != "traceparent" or not isinstance(value, str):
+            continue
+        parts = value.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+            try:
+                int(parts[1], 16)
+            except ValueError:
+                return ""
+            return parts[1].lower()
+    return ""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+
+class RpcObserver:
+    """What every RPC goes through, whichever transport carries it (gRPC or REST).
+
+    :meth:`observe` binds the RPC's log context, counts it in flight, and at
+    its end writes the one access line and counts its code and duration.
+    """
+
+    def __init__(self, metrics: Metrics, *, log_prompts: bool = False) -> None:
+        self.metrics = metrics
+        self._log_prompts = log_prompts
+
+    @contextlib.contextmanager
+    def observe(self, method: str, request: Any, metadata: Metadata | None) -> Iterator[RpcOutcome]:
+        """Observe one RPC of ``method`` (``package.Service/Method``) until the block ends.
+
+        The block sets the outcome's ``code`` when it ends with an error status; an
+        exception leaving the block without one counts as CANCELLED or UNKNOWN.
+        """
+        context = RpcLogContext(
+            method=method, request_id=request_id_of(request, metadata), trace_id=trace_id_of(metadata)
+        )
+        outcome = RpcOutcome(context, request)
+        token = bind_rpc(context)
+        self.metrics.in_flight.labels(method).inc()
+        started = time.monotonic()
+        try:
+            yield outcome
+        except asyncio.CancelledError:
+            outcome.code = outcome.code or "CANCELLED"
+            raise
+        except BaseException:
+            outcome.code = outcome.code or "UNKNOWN"
+            raise
+        finally:
+            self._finish(outcome, time.monotonic() - started)
+            # A stream closed from elsewhere (garbage collection) runs this in another context.
+            with contextlib.suppress(ValueError):
+                unbind_rpc(token)
+
+    def _finish(self, outcome: RpcOutcome, elapsed: float) -> None:
+        context = outcome.context
+        code = outcome.code or "OK"
+        self.metrics.in_flight.labels(context.method).dec()
+        caller = current_caller()
+        context.caller = escape_controls(caller.name)
+        self.metrics.rpcs.labels(context.method, code, caller.label).inc()
+        self.metrics.rpc_seconds.labels(context.method).observe(elapsed)
+        generation = current_generation()
+        extra: dict[str, object] = {
+            "caller": context.caller,
+            "method": context.method,
+            "code": code,
+            "duration": round(elapsed, 6),
+            "attempts": context.attempts,
+            "generation_id": "" if generation == "-" else generation,
+            "request_id": context.request_id,
+        }
+        if self._log_prompts:
+            extra["prompt"] = getattr(outcome.request, "prompt", None) or None
+        log.info(
+            "%s %s %.3fs caller=%s requestId=%s",
+            context.method.rsplit("/", 1)[-1],
+            code,
+            elapsed,
+            context.caller,
+            context.request_id or "-",
+            extra=extra,
+        )
+
+
+class RpcOutcome:
+    """One observed RPC as its transport reports it: its request (once decoded) and how it ended."""
+
+    __slots__ = ("code", "context", "request")
+
+    def __init__(self, context: RpcLogContext, request: Any) -> None:
+        self.context = context
+        self.request = request
+        #: The status code's name when the RPC failed; None while it has not.
+        self.code: str | None = None
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Logs and counts every unary and server-streaming gRPC call through an :class:`RpcObserver`."""
+
+    def __init__(self, observer: RpcObserver) -> None:
+        self._observer = observer
 
     async def intercept_service(
         self,
@@ -231,7 +309,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        method = handler_call_details.method.lstrip("/")
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._wrap_unary(method, handler.unary_unary))  # type: ignore[attr-defined, no-any-return]
         if handler.unary_stream is not None:
@@ -240,63 +318,34 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = self._start(method)
-            code = "OK"
-            try:
-                return await inner(request, context)
-            except BaseException as exc:
-                code = _code_name(context, exc)
-                raise
-            finally:
-                self._finish(method, code, started, request, context)
+            with self._observer.observe(method, request, context.invocation_metadata()) as outcome:
+                try:
+                    return await inner(request, context)
+                except BaseException as exc:
+                    outcome.code = _code_name(context, exc)
+                    raise
 
         return wrapper
 
     def _wrap_stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = self._start(method)
-            code = "OK"
-            try:
-                messages = inner(request, context)
-                if inspect.isawaitable(messages):
-                    # A handler that streams with context.write() (e.g. health Watch).
-                    await messages
-                else:
-                    async for message in messages:
-                        yield message
-            except BaseException as exc:
-                code = _code_name(context, exc)
-                raise
-            finally:
-                self._finish(method, code, started, request, context)
+            with self._observer.observe(method, request, context.invocation_metadata()) as outcome:
+                try:
+                    messages = inner(request, context)
+                    if inspect.isawaitable(messages):
+                        # A handler that streams with context.write() (e.g. health Watch).
+                        await messages
+                    else:
+                        async for message in messages:
+                            yield message
+                except BaseException as exc:
+                    outcome.code = _code_name(context, exc)
+                    raise
 
         return wrapper
 
-    def _start(self, method: str) -> float:
-        self._metrics.in_flight.labels(method).inc()
-        return time.monotonic()
-
-    def _finish(
-        self, method: str, code: str, started: float, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        elapsed = time.monotonic() - started
-        self._metrics.in_flight.labels(method).dec()
-        caller = current_caller()
-        self._metrics.rpcs.labels(method, code, caller.label).inc()
-        self._metrics.rpc_seconds.labels(method).observe(elapsed)
-        log.info(
-            "%s %s %.3fs caller=%s requestId=%s",
-            method,
-            code,
-            elapsed,
-            escape_controls(caller.name),
-            _request_id(request, context.invocation_metadata()) or "-",  # type: ignore[arg-type]
-        )
-
 
 def _code_name(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> str:
-    import asyncio
-
     if isinstance(exc, asyncio.CancelledError):
         return "CANCELLED"
     code = context.code()

@@ -41,8 +41,8 @@ from imagegen_server.idempotency import (
     MemoryIdempotencyStore,
 )
 from imagegen_server.lifecycle import GenerationObserver
+from imagegen_server.logs import bind_generation
 from imagegen_server.models import ModelSpec, find_model
-from imagegen_server.observability import bind_generation
 from imagegen_server.retry import (
     DEADLINE,
     MONOTONIC_CLOCK,

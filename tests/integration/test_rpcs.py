@@ -204,8 +204,9 @@ async def test_metrics_and_access_log(
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
             text = await resp.text()
-    assert 'imagegen_rpcs_total{caller="anonymous",code="OK",method="Generate"} 1.0' in text
-    assert 'imagegen_rpcs_total{caller="anonymous",code="INVALID_ARGUMENT",method="Generate"} 1.0' in text
+    method = "imagegen.v1.ImageGenerationService/Generate"
+    assert f'imagegen_rpcs_total{{caller="anonymous",code="OK",method="{method}"}} 1.0' in text
+    assert f'imagegen_rpcs_total{{caller="anonymous",code="INVALID_ARGUMENT",method="{method}"}} 1.0' in text
     assert 'imagegen_upstream_attempts_total{outcome="UNAVAILABLE"} 1.0' in text
     assert 'imagegen_upstream_attempts_total{outcome="ok"} 1.0' in text
     lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]

@@ -9,13 +9,14 @@ import pytest
 
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.lifecycle import GenerationObserver, ObserverGroup
-from imagegen_server.observability import GenerationLogFilter, Metrics, bind_generation
+from imagegen_server.logs import ContextFilter, bind_generation
+from imagegen_server.observability import Metrics
 from imagegen_server.retry import RetryDecision
 
 
 async def test_generation_id_follows_the_rpc_task_and_its_children(caplog: pytest.LogCaptureFixture) -> None:
     log = logging.getLogger("test.observability")
-    caplog.handler.addFilter(GenerationLogFilter())
+    caplog.handler.addFilter(ContextFilter())
     caplog.set_level(logging.INFO, logger="test.observability")
 
     async def rpc(generation_id: str) -> None:

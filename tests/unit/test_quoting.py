@@ -4,7 +4,7 @@ import logging
 
 from imagegen_server import errors
 from imagegen_server.errors import FieldViolation
-from imagegen_server.observability import SafeLogFilter
+from imagegen_server.logs import SafeLogFilter
 from imagegen_server.quoting import cut, escape_controls, shown
 
 
