@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from imagegen_server.breaker import CircuitState
 from imagegen_server.gemini.errors import UpstreamError
+from imagegen_server.gemini.types import UpstreamResult
 from imagegen_server.retry import RetryDecision
 
 
@@ -31,6 +32,10 @@ class GenerationObserver:
 
     def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
         """An attempt failed with ``error``; ``decision`` says whether and why (not) it is retried."""
+
+    def upstream_answered(self, model: str, attempt: int, result: UpstreamResult) -> None:
+        """Attempt ``attempt`` returned ``result`` (the model version that answered, usage); reported just
+        before :meth:`attempt_succeeded`."""
 
     def attempt_succeeded(self, model: str, attempt: int) -> None:
         """Attempt ``attempt`` returned an image."""
@@ -68,6 +73,11 @@ class ObserverGroup(GenerationObserver):
         """Fan out."""
         for observer in self._observers:
             observer.attempt_failed(model, attempt, error, decision)
+
+    def upstream_answered(self, model: str, attempt: int, result: UpstreamResult) -> None:
+        """Fan out."""
+        for observer in self._observers:
+            observer.upstream_answered(model, attempt, result)
 
     def attempt_succeeded(self, model: str, attempt: int) -> None:
         """Fan out."""

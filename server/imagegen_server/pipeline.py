@@ -501,6 +501,7 @@ class Pipeline:
         """Report the success and build the Generation (answered by ``upstream.model``)."""
         elapsed = self._clock.now() - call.start
         model = upstream.model
+        self._observer.upstream_answered(model, outcome.attempts, outcome.value)
         self._observer.attempt_succeeded(model, outcome.attempts)
         self._observer.generation_done(model, outcome.attempts, elapsed)
         log.info("generation %s done: model=%s attempts=%d %.2fs", call.generation_id, model, outcome.attempts, elapsed)

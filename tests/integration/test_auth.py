@@ -186,8 +186,9 @@ async def test_caller_in_access_log_and_bounded_metric_label(
     url = f"http://127.0.0.1:{auth_server.metrics_port}/metrics"
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         text = await resp.text()
-    assert 'imagegen_rpcs_total{caller="alice",code="OK",method="ListModels"} 1.0' in text
-    assert 'imagegen_rpcs_total{caller="anonymous",code="UNAUTHENTICATED",method="ListModels"} 1.0' in text
+    method = f"{SERVICE}/ListModels"
+    assert f'imagegen_rpcs_total{{caller="alice",code="OK",method="{method}"}} 1.0' in text
+    assert f'imagegen_rpcs_total{{caller="anonymous",code="UNAUTHENTICATED",method="{method}"}} 1.0' in text
 
 
 async def test_tokens_file_changes_apply_without_restart(auth_server: RunningServer, tokens_file: Path) -> None:
