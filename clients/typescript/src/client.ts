@@ -60,6 +60,8 @@ export interface GenerationParams {
   seed?: number;
   /** Idempotency key: repeats within the server's TTL get the same result. */
   requestId?: string;
+  /** True: the requested model or an error, never one of the server's fallback models. */
+  disableModelFallback?: boolean;
 }
 
 /** Parameters of {@link ImagegenClient.generate}. */
@@ -171,6 +173,7 @@ function toOptions(p: GenerationParams): GenerationOptions {
     imageSize: p.imageSize ?? "",
     seed: p.seed,
     requestId: p.requestId ?? "",
+    disableModelFallback: p.disableModelFallback ?? false,
   });
 }
 
