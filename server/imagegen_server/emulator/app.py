@@ -22,6 +22,7 @@ from aiohttp import web
 from ..models import MODELS, ModelSpec, find_model
 from . import errors
 from .delivery import ClientGone, Delivery, Reply
+from .echo import echo_answer, echo_error
 from .errors import ApiError
 from .outcomes import build_answer, http_fault
 from .render import Renderer
@@ -137,6 +138,11 @@ def _error_response(error: ApiError) -> web.Response:
     return web.Response(
         status=error.http_status, body=error.body(), headers={**error.headers, "Content-Type": error.content_type}
     )
+
+
+def _received_key(request: web.Request) -> str:
+    """The API key the client sent (header or ``?key=``), or ``""``."""
+    return request.headers.get("x-goog-api-key") or request.query.get("key") or ""
 
 
 def _check_key(request: web.Request) -> None:
@@ -315,6 +321,8 @@ async def _generate(request: web.Request, target: _Target) -> web.StreamResponse
                 raise selection.unknown
             reply = await _answer(request, target, body, json_error, size, step)
         except ApiError as error:
+            if step.echo_key:
+                error = echo_error(error, _received_key(request))
             body_bytes = error.body()
             if step.corruption == "bad_json":
                 body_bytes = body_bytes[: len(body_bytes) // 2]
@@ -359,6 +367,8 @@ async def _answer(
     call = parse_request(body, spec, target.version)
     state = request.app[STATE]
     answer = await build_answer(step, call, spec=spec, model_version=target.model, renderer=state.renderer)
+    if step.echo_key:
+        echo_answer(answer, _received_key(request))
     return _encode(answer, target, step)
 
 

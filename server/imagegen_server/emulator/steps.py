@@ -52,6 +52,9 @@ Modifiers:
 ``bad_json``                the (last) JSON body or event is cut in half
 ``bad_base64``              the final image's ``data`` is not base64 (``ok`` only)
 ``not_image``               valid base64 of bytes that are not a PNG (``ok`` only)
+``echo_key``                the API key received is written into every text of the answer
+                            (error message and details, quota details, text parts,
+                            ``modelVersion``, ``responseId``, ``finishMessage``): see ``echo.py``
 ==========================  ==========================================================
 """
 
@@ -93,7 +96,7 @@ _THOUGHTFUL_OUTCOMES: frozenset[str] = frozenset({"ok", "output_blocked", "text_
 _IMAGE_CORRUPTIONS: frozenset[str] = frozenset({"bad_base64", "not_image"})
 _CORRUPTIONS: frozenset[str] = _IMAGE_CORRUPTIONS | {"bad_json"}
 
-_MODIFIERS: frozenset[str] = frozenset({"latency", "slow_body", "cut_body", "thoughts"}) | _CORRUPTIONS
+_MODIFIERS: frozenset[str] = frozenset({"latency", "slow_body", "cut_body", "thoughts", "echo_key"}) | _CORRUPTIONS
 
 #: Whether each name takes an argument: "required", "optional" or "none".
 _ARG_RULES: dict[str, str] = {
@@ -133,6 +136,8 @@ class Step:
     thoughts: int | None = None
     #: ``"bad_json"``, ``"bad_base64"``, ``"not_image"`` or ``""``.
     corruption: str = ""
+    #: Echo the API key received into every text of the answer (``echo_key``).
+    echo_key: bool = False
     #: The original text, for stats and error messages.
     source: str = "ok"
 
@@ -188,6 +193,8 @@ def _add_component(step: Step, name: str, arg: str) -> Step:
         return replace(step, slow_body=_seconds(name, arg))
     if name == "cut_body":
         return replace(step, cut_body=True)
+    if name == "echo_key":
+        return replace(step, echo_key=True)
     if name == "thoughts":
         if not arg.isdigit() or int(arg) > MAX_THOUGHT_IMAGES:
             raise ValueError(f"thoughts:N needs an integer 0..{MAX_THOUGHT_IMAGES}, got {arg!r}")

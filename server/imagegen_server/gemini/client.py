@@ -11,14 +11,14 @@ loop's job, not this module's. The request JSON is built by
 :mod:`imagegen_server.gemini.sse`.
 
 The API key travels only in the ``x-goog-api-key`` header. It is never put in
-a URL, a log record or an exception message, and upstream text quoted in
-messages is scrubbed of it in case a proxy echoes it back.
+a URL, a log record or an exception message; whatever upstream sends back
+(errors, answers, drafts) passes through :class:`~imagegen_server.gemini.redaction.KeyScrubber`,
+in case upstream or a proxy echoes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +29,7 @@ import aiohttp
 
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.failures import classify_http_error
+from imagegen_server.gemini.redaction import KeyScrubber
 from imagegen_server.gemini.request import build_url, encode_request
 from imagegen_server.gemini.response import ResponseAccumulator, parse_response
 from imagegen_server.gemini.sse import SSEError, SSEParser
@@ -47,10 +48,6 @@ DraftCallback = Callable[[InlineImage], None]
 #: a 4K image's 29 MB takes about 45 ms, which would stall every other
 #: request (in a thread the loop gets the GIL back every switch interval).
 _THREAD_THRESHOLD: Final = 4 * 1024 * 1024
-
-#: Keys shorter than this are test placeholders; scrubbing them would mangle
-#: ordinary words in messages ("test" in "latest").
-_MIN_SCRUB_LEN: Final = 8
 
 _USER_AGENT: Final = f"imagegen-server aiohttp/{aiohttp.__version__}"
 
@@ -90,6 +87,8 @@ class GeminiClient:
         build_url(base_url, api_version, "probe", stream=False)
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
+        #: Everything upstream sends back passes through it: errors, answers, drafts.
+        self._scrubber = KeyScrubber(self._api_key)
         self._api_version = api_version.strip("/")
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -190,7 +189,7 @@ class GeminiClient:
         )
         try:
             async with asyncio.timeout(timeout):
-                result = await self._exchange(url, body, request, on_draft)
+                result = self._scrubber.answer(await self._exchange(url, body, request, on_draft), model=request.model)
         except _DraftCallbackError as exc:
             raise exc.original from None
         except TimeoutError:
@@ -213,7 +212,7 @@ class GeminiClient:
                 len(result.drafts),
             )
             return result
-        error = self._scrub(error)
+        error = self._scrubber.error(error)
         logger.debug(
             "Gemini call failed after %.2fs: %s: %s",
             time.monotonic() - started,
@@ -324,7 +323,8 @@ class GeminiClient:
 
     async def _stream_event(self, acc: ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
         drafts = await self._in_thread_if(len(payload) > _THREAD_THRESHOLD, acc.add_json, payload)
-        for draft in drafts:
+        for found in drafts:
+            draft = self._scrubber.answer(found)
             logger.debug("Gemini draft image: %s, %d bytes", draft.mime_type, len(draft.data))
             try:
                 on_draft(draft)
@@ -338,27 +338,6 @@ class GeminiClient:
         if condition:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return fn(*args, **kwargs)
-
-    def _scrub(self, error: UpstreamError) -> UpstreamError:
-        """Remove our API key from anything upstream text could have put it in."""
-        key = self._api_key
-        if not key or len(key) < _MIN_SCRUB_LEN:
-            return error
-        if key in error.message:
-            error.message = error.message.replace(key, "[REDACTED]")
-            error.args = (error.message,)
-        if key in error.model_text:
-            error.model_text = error.model_text.replace(key, "[REDACTED]")
-        if any(key in v.description or key in v.field for v in error.field_violations):
-            error.field_violations = tuple(
-                dataclasses.replace(
-                    v,
-                    field=v.field.replace(key, "[REDACTED]"),
-                    description=v.description.replace(key, "[REDACTED]"),
-                )
-                for v in error.field_violations
-            )
-        return error
 
 
 class _IdleTimeout(Exception):
