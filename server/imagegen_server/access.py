@@ -181,6 +181,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     verdict.caller.name, exceeded.quota, exceeded.limit, exceeded.retry_after, {"method": call.method}
                 ),
             )
+        except ServiceError as err:  # the quota cannot be counted (shared state down, failing closed)
+            await _abort(context, err)
         return lease.release
 
     @contextlib.asynccontextmanager

@@ -37,7 +37,7 @@ from imagegen_server.observability import (
 )
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.ports import CannotListenError, check_bindable, describe_bind_error, host_port
-from imagegen_server.quotas import LocalCallerLimiter
+from imagegen_server.quotas import CallerLimiter, LocalCallerLimiter
 from imagegen_server.reflection import enable_reflection
 from imagegen_server.rest import RestGateway
 from imagegen_server.service import ImageGenerationServicer
@@ -157,7 +157,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         )
         rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
-        access = _access(config, authenticator)
+        access = _access(config, authenticator, shared.limiter if shared is not None else LocalCallerLimiter())
         server = _grpc_server(config, rpc_observer, access)
         servicer = ImageGenerationServicer(pipeline, config)
         pb_grpc.add_ImageGenerationServiceServicer_to_server(servicer, server)
@@ -326,11 +326,11 @@ def _request_limit(config: ServerConfig) -> Callable[[str], int]:
     return limit
 
 
-def _access(config: ServerConfig, authenticator: Authenticator) -> AccessInterceptor:
+def _access(config: ServerConfig, authenticator: Authenticator, limiter: CallerLimiter) -> AccessInterceptor:
     """Who may call and how much: one instance (one quota and memory state) for the gRPC and REST ports."""
     bound = config.max_request_bytes_in_flight or default_bound(config.max_message_bytes)
     log.info("request bytes in flight bounded at %d MiB", bound >> 20)
-    return AccessInterceptor(authenticator, LocalCallerLimiter(), RequestBytes(bound), _request_limit(config))
+    return AccessInterceptor(authenticator, limiter, RequestBytes(bound), _request_limit(config))
 
 
 def _grpc_server(config: ServerConfig, rpc_observer: RpcObserver, access: AccessInterceptor) -> grpc.aio.Server:

@@ -1,9 +1,9 @@
 """Per-caller quotas: requests per minute (a token bucket) and concurrent calls, behind a small interface.
 
 :class:`CallerLimiter` is what the access interceptor asks before a call runs;
-:class:`LocalCallerLimiter` keeps the state in this process. Several replicas
-would each count on their own; a shared store (Redis) implements the same
-interface (issue 14). A refused call raises :class:`QuotaExceeded` saying which
+:class:`LocalCallerLimiter` keeps the state in this process; with
+``--state-url``, :class:`~imagegen_server.sharedstate.quotas.RedisCallerLimiter`
+implements the same interface so several replicas count one quota. A refused call raises :class:`QuotaExceeded` saying which
 quota and when a call would be accepted again.
 """
 

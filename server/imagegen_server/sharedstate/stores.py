@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from imagegen.v1 import image_pb2
 from imagegen_server.config import ServerConfig
 from imagegen_server.idempotency import MemoryIdempotencyStore
+from imagegen_server.quotas import LocalCallerLimiter
 from imagegen_server.retry import MONOTONIC_CLOCK
 from imagegen_server.sharedstate.connection import ErrorListener, SharedState
 from imagegen_server.sharedstate.idempotency import Codec, RedisIdempotencyStore
+from imagegen_server.sharedstate.quotas import RedisCallerLimiter
 
 #: Generations travel through Redis as their protobuf bytes.
 GENERATION_CODEC: Codec[image_pb2.Generation] = Codec(
@@ -23,10 +25,12 @@ class SharedStores:
 
     state: SharedState
     idempotency: RedisIdempotencyStore[image_pb2.Generation]
+    limiter: RedisCallerLimiter
 
     async def aclose(self) -> None:
         """Stop background work and close the connections."""
         await self.idempotency.aclose()
+        await self.limiter.aclose()
         await self.state.aclose()
 
 
@@ -50,4 +54,5 @@ def open_stores(config: ServerConfig, *, on_error: ErrorListener | None = None) 
         codec=GENERATION_CODEC,
         fallback=local,
     )
-    return SharedStores(state=state, idempotency=idempotency)
+    limiter = RedisCallerLimiter(state, fallback=LocalCallerLimiter())
+    return SharedStores(state=state, idempotency=idempotency, limiter=limiter)
