@@ -154,6 +154,7 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             client,
             observer=ObserverGroup([metrics, AttemptsRecorder()]),
             idempotency=shared.idempotency if shared is not None else None,
+            breakers=shared.breaker if shared is not None else None,
         )
         rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None

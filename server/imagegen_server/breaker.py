@@ -14,9 +14,10 @@ Requests are counted, not attempts: a request that succeeded on a retry
 shows the model serving, so transient faults never open the circuit however
 they cluster; only requests whose retries could not save them count.
 
-State lives in a :class:`BreakerStore` (async get and compare-and-set), one
-:class:`InMemoryBreakerStore` per server today; a shared store (Redis) only
-has to implement the same two methods, on a clock every replica shares.
+State lives in a :class:`BreakerStore` (async get and compare-and-set): an
+:class:`InMemoryBreakerStore` per server, or with ``--state-url`` the Redis
+one (:mod:`imagegen_server.sharedstate.breaker`), on the wall clock every
+replica shares.
 """
 
 from __future__ import annotations

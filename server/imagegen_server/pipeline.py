@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,7 +172,8 @@ class Pipeline:
         #: One retry budget per upstream model (quotas and outages are per model), made on first use.
         self._budgets: dict[str, RetryBudget] = {}
         self._budget(config.default_model)  # a bad budget setting fails at startup, not on a request
-        #: The circuits of all models; their state in ``breakers`` (default: this process's memory).
+        #: The circuits of all models; their state in ``breakers`` (default: this process's memory). A store
+        #: shared by replicas runs on the wall clock, the one clock they share (NTP keeps it within ms).
         self._breaker = CircuitBreaker(
             BreakerPolicy(
                 failure_threshold=config.breaker_failure_threshold,
@@ -180,7 +182,7 @@ class Pipeline:
                 probe_timeout=config.attempt_timeout,
             ),
             store=breakers,
-            clock=clock.now,
+            clock=clock.now if breakers is None else time.time,
             listener=self._observer.circuit_changed,
         )
         #: Each model's fallback models, in order (checked at startup by ServerConfig.problems()).

@@ -3,8 +3,9 @@
 :class:`CallerLimiter` is what the access interceptor asks before a call runs;
 :class:`LocalCallerLimiter` keeps the state in this process; with
 ``--state-url``, :class:`~imagegen_server.sharedstate.quotas.RedisCallerLimiter`
-implements the same interface so several replicas count one quota. A refused call raises :class:`QuotaExceeded` saying which
-quota and when a call would be accepted again.
+implements the same interface so several replicas count one quota. A refused
+call raises :class:`QuotaExceeded` saying which quota and when a call would be
+accepted again.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from imagegen_server.config import ServerConfig
 from imagegen_server.idempotency import MemoryIdempotencyStore
 from imagegen_server.quotas import LocalCallerLimiter
 from imagegen_server.retry import MONOTONIC_CLOCK
+from imagegen_server.sharedstate.breaker import RedisBreakerStore
 from imagegen_server.sharedstate.connection import ErrorListener, SharedState
 from imagegen_server.sharedstate.idempotency import Codec, RedisIdempotencyStore
 from imagegen_server.sharedstate.quotas import RedisCallerLimiter
@@ -26,6 +27,7 @@ class SharedStores:
     state: SharedState
     idempotency: RedisIdempotencyStore[image_pb2.Generation]
     limiter: RedisCallerLimiter
+    breaker: RedisBreakerStore
 
     async def aclose(self) -> None:
         """Stop background work and close the connections."""
@@ -55,4 +57,6 @@ def open_stores(config: ServerConfig, *, on_error: ErrorListener | None = None) 
         fallback=local,
     )
     limiter = RedisCallerLimiter(state, fallback=LocalCallerLimiter())
-    return SharedStores(state=state, idempotency=idempotency, limiter=limiter)
+    # Longer than any open circuit plus its probe: a state never expires while it still matters.
+    breaker = RedisBreakerStore(state, ttl=config.breaker_max_open_seconds + config.attempt_timeout + 60)
+    return SharedStores(state=state, idempotency=idempotency, limiter=limiter, breaker=breaker)
