@@ -85,6 +85,23 @@ async def test_sequence_after_ten_failed_requests_the_next_transient_fault_is_re
     assert events[-1].completed.attempts == 2 == scenario.stats.received
 
 
+async def test_sequence_with_default_settings_ten_failed_requests_cost_the_next_one_nothing(
+    make_server: ServerFactory, emulator: Emulator
+) -> None:
+    """Defaults throughout: ten requests that failed after retries the model itself provoked
+    (an answer without an image, twice) are no outage; the next transient fault is retried."""
+    async with make_server() as server, grpc.aio.insecure_channel(server.target) as channel:
+        stub = Stub(channel)
+        for _ in range(10):
+            scenario = emulator.scenario("text_only")
+            details = await fail(stub, f"cat {scenario.marker}")
+            assert (details.reason, details.metadata["stopReason"]) == ("NO_IMAGE", "attempts_exhausted")
+            assert scenario.stats.received == 2
+        scenario = emulator.scenario("overloaded", "timeout", "ok")
+        response = await stub.Generate(pb.GenerateRequest(prompt=f"cat {scenario.marker}"), timeout=10)
+    assert response.generation.attempts == 3 == scenario.stats.received
+
+
 # --- Outage: every answer a 503 -------------------------------------------------------------------
 
 #: Circuits that reopen within a test's time: 0.2 s open, at most 0.4 s.
