@@ -62,8 +62,16 @@ from imagegen_server.validation import GenerationMessage, ValidatedRequest, vali
 log = logging.getLogger(__name__)
 
 #: Shave this off the caller's deadline so our own DEADLINE_EXCEEDED/RetryInfo
-#: status (with details) reaches the caller before gRPC's bare one.
+#: status (with details) reaches the caller before gRPC's bare one: a tenth of
+#: the time, at least DEADLINE_MARGIN (the status's way out on an idle server)
+#: and at most MAX_DEADLINE_MARGIN (a busy event loop can lag by that much).
 DEADLINE_MARGIN = 0.05
+MAX_DEADLINE_MARGIN = 0.5
+
+
+def deadline_margin(time_remaining: float) -> float:
+    """How much earlier than the caller's deadline the pipeline gives up."""
+    return min(MAX_DEADLINE_MARGIN, max(DEADLINE_MARGIN, time_remaining / 10))
 
 
 class Upstream(Protocol):
@@ -93,7 +101,7 @@ class _Call:
     #: ErrorInfo metadata of every status this request may end with.
     meta: Mapping[str, str]
     start: float
-    #: Our own deadline (the caller's minus DEADLINE_MARGIN, at most the
+    #: Our own deadline (the caller's minus deadline_margin(), at most the
     #: server's maximum call duration), on the pipeline's clock.
     deadline: float
     #: True when the server's maximum call duration, not the caller, set the deadline.
@@ -278,7 +286,7 @@ class Pipeline:
         limit = self._config.max_call_duration
         # A caller without a deadline (or with a longer one) still gets an end:
         # a silent upstream must not hold the call and its slot forever.
-        own = None if time_remaining is None else time_remaining - DEADLINE_MARGIN
+        own = None if time_remaining is None else time_remaining - deadline_margin(time_remaining)
         capped = own is None or own > limit
         deadline = start + (limit if own is None or own > limit else own)
         validated = validate(request, self._config, history=history)

@@ -309,6 +309,8 @@ ROWS: list[Row] = [
     ),
     ok_then("cut_body", K.UNAVAILABLE, id="cut-mid-body", cut=1, error={"http_status": None}),
     ok_then("cut_body", K.UNAVAILABLE, id="cut-mid-body-sse", stream=True, cut=1),
+    ok_then("reset_body", K.UNAVAILABLE, id="reset-mid-body", cut=1, error={"http_status": None}),
+    ok_then("reset_body", K.UNAVAILABLE, id="reset-mid-body-sse", stream=True, cut=1),
     Row(
         id="cut-mid-body-every-time",
         steps=("cut_body",),
@@ -369,6 +371,8 @@ ROWS: list[Row] = [
     ok_then("bad_json", K.MALFORMED, id="invalid-json", error={"message_has": "invalid JSON"}),
     retried_once("bad_json", K.MALFORMED, id="invalid-json-every-time"),
     ok_then("bad_json", K.MALFORMED, id="invalid-json-sse", stream=True),
+    ok_then("garbage", K.MALFORMED, id="garbage-body"),
+    ok_then("garbage", K.MALFORMED, id="garbage-body-sse", stream=True),
     ok_then("bad_base64", K.MALFORMED, id="invalid-base64", error={"message_has": "base64"}),
     retried_once("bad_base64", K.MALFORMED, id="invalid-base64-every-time"),
     ok_then("not_image", K.MALFORMED, id="not-an-image", error={"message_has": "final image"}),
@@ -668,10 +672,11 @@ def test_every_step_of_the_vocabulary_has_a_row() -> None:
     """The table keeps up with the emulator's step vocabulary: every outcome and modifier is used."""
     steps = [parse_step(text) for row in ROWS for text in row.steps]
     assert (HTTP_FAULTS | CONTENT_OUTCOMES) - {s.outcome for s in steps} == set()
-    assert {"bad_json", "bad_base64", "not_image"} - {s.corruption for s in steps} == set()
+    assert {"bad_json", "bad_base64", "not_image", "garbage"} - {s.corruption for s in steps} == set()
     assert any(s.latency for s in steps)
     assert any(s.slow_body for s in steps)
     assert any(s.cut_body for s in steps)
+    assert any(s.reset_body for s in steps)
     assert any(s.thoughts for s in steps)
     assert len({row.id for row in ROWS}) == len(ROWS), "row ids must be unique"
 

@@ -12,8 +12,10 @@ so several emulators can run in one process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,6 +329,8 @@ async def _generate(request: web.Request, target: _Target) -> web.StreamResponse
             if step.corruption == "bad_json":
                 body_bytes = body_bytes[: len(body_bytes) // 2]
             reply = Reply(error.http_status, error.content_type, (body_bytes,), error.headers)
+        if step.corruption == "garbage":
+            reply = _garbage(reply)
         log.debug(
             "emulator: %s %s scenario=%s step=%s -> %d",
             request.method,
@@ -370,6 +374,12 @@ async def _answer(
     if step.echo_key:
         echo_answer(answer, _received_key(request))
     return _encode(answer, target, step)
+
+
+def _garbage(reply: Reply) -> Reply:
+    """``reply`` with every byte replaced by random ones (at least 64 per piece), status and headers kept."""
+    pieces = tuple(b"\x00\xff" + os.urandom(max(len(p), 64)) for p in reply.pieces)
+    return dataclasses.replace(reply, pieces=pieces)
 
 
 def _encode(answer: Answer, target: _Target, step: Step) -> Reply:

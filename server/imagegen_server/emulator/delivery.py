@@ -11,6 +11,8 @@ counts aborts.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -20,6 +22,9 @@ from .steps import Step
 
 #: How often a sleep checks whether the client is still there.
 _POLL_INTERVAL = 0.05
+
+#: How many times a reset waits for the written bytes to leave (at _POLL_INTERVAL / 10).
+_FLUSH_POLLS = 100
 
 
 class ClientGone(Exception):
@@ -101,10 +106,13 @@ class Delivery:
         self.response = response
         try:
             await response.prepare(self._request)
-            if self._step.cut_body:
+            if self._step.cut_body or self._step.reset_body:
                 head, _ = _split(reply.pieces)
                 await self._write_all(response, head)
-                self._cut()
+                if self._step.reset_body:
+                    await self._reset()
+                else:
+                    self._cut()
                 return response
             if self._step.slow_body is not None:
                 head, tail = _split(reply.pieces)
@@ -124,6 +132,23 @@ class Delivery:
             if _client_gone(self._request):
                 raise ClientGone
             await response.write(piece)
+
+    async def _reset(self) -> None:
+        # Counted as cut: the answer ended mid-body on purpose.
+        self._end("cut")
+        transport = self._request.transport
+        if transport is None:
+            return
+        # Let what was written reach the client first, so the reset comes mid-body.
+        for _ in range(_FLUSH_POLLS):
+            if transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(_POLL_INTERVAL / 10)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0: closing sends a TCP RST instead of a FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def _cut(self) -> None:
         # Count first: closing the transport makes aiohttp cancel this handler.

@@ -79,6 +79,10 @@ class Emulator:
         """Register a scenario; raise :class:`ValueError` for a step that does not parse."""
         return self._state.registry.create(steps)
 
+    def forget(self, scenario: Scenario) -> bool:
+        """Drop a finished scenario (long runs register many); True if it was registered."""
+        return self._state.registry.remove(scenario.id)
+
     def get_scenario(self, scenario_id: str) -> Scenario | None:
         """A scenario registered here or through the admin API."""
         return self._state.registry.get(scenario_id)

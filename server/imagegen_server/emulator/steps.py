@@ -45,11 +45,13 @@ Modifiers:
 ``slow_body:S``             send headers and part of the body (all SSE events but the
                             last), then the rest after S seconds
 ``cut_body``                send part of the body, then close the connection
+``reset_body``              send part of the body, then reset the connection (TCP RST)
 ``thoughts:N``              N ``thought: true`` draft images before the answer (SSE:
                             in earlier events); with ``ok`` or a no-image 200 outcome.
                             Like all thought parts they are sent only when the request
                             sets ``thinkingConfig.includeThoughts`` (still billed if not)
 ``bad_json``                the (last) JSON body or event is cut in half
+``garbage``                 the whole body is random bytes (same status and content type)
 ``bad_base64``              the final image's ``data`` is not base64 (``ok`` only)
 ``not_image``               valid base64 of bytes that are not a PNG (``ok`` only)
 ``echo_key``                the API key received is written into every text of the answer
@@ -94,9 +96,11 @@ _THOUGHTFUL_OUTCOMES: frozenset[str] = frozenset({"ok", "output_blocked", "text_
 
 #: Body corruptions that need an image to corrupt.
 _IMAGE_CORRUPTIONS: frozenset[str] = frozenset({"bad_base64", "not_image"})
-_CORRUPTIONS: frozenset[str] = _IMAGE_CORRUPTIONS | {"bad_json"}
+_CORRUPTIONS: frozenset[str] = _IMAGE_CORRUPTIONS | {"bad_json", "garbage"}
 
-_MODIFIERS: frozenset[str] = frozenset({"latency", "slow_body", "cut_body", "thoughts", "echo_key"}) | _CORRUPTIONS
+_MODIFIERS: frozenset[str] = (
+    frozenset({"latency", "slow_body", "cut_body", "reset_body", "thoughts", "echo_key"}) | _CORRUPTIONS
+)
 
 #: Whether each name takes an argument: "required", "optional" or "none".
 _ARG_RULES: dict[str, str] = {
@@ -131,6 +135,8 @@ class Step:
     slow_body: float | None = None
     #: Close the connection in the middle of the body.
     cut_body: bool = False
+    #: Reset the connection (RST) in the middle of the body.
+    reset_body: bool = False
     #: Number of ``thought: true`` draft images before the final answer
     #: (``None``: the default, which depends on ``includeThoughts``).
     thoughts: int | None = None
@@ -195,6 +201,8 @@ def _add_component(step: Step, name: str, arg: str) -> Step:
         return replace(step, cut_body=True)
     if name == "echo_key":
         return replace(step, echo_key=True)
+    if name == "reset_body":
+        return replace(step, reset_body=True)
     if name == "thoughts":
         if not arg.isdigit() or int(arg) > MAX_THOUGHT_IMAGES:
             raise ValueError(f"thoughts:N needs an integer 0..{MAX_THOUGHT_IMAGES}, got {arg!r}")
@@ -215,8 +223,8 @@ def _check_combination(step: Step) -> None:
         raise ValueError(f"thoughts:N cannot be combined with {step.outcome!r}")
     if step.corruption in _IMAGE_CORRUPTIONS and step.outcome != "ok":
         raise ValueError(f"{step.corruption} corrupts an image, so it needs the 'ok' outcome")
-    if step.cut_body and step.slow_body is not None:
-        raise ValueError("cut_body and slow_body cannot be combined")
+    if sum((step.cut_body, step.reset_body, step.slow_body is not None)) > 1:
+        raise ValueError("only one of cut_body, reset_body and slow_body per step")
 
 
 def parse_steps(steps: tuple[str, ...] | list[str]) -> tuple[Step, ...]:
