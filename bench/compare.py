@@ -89,8 +89,8 @@ class CompareConfig:
             profile="realistic",
             sizes=("1K", "2K", "4K"),
             concurrencies=(1, 16, 64),
-            cell_requests={"1K": 64, "2K": 16, "4K": 8},
-            repeats=3,
+            cell_requests={"1K": 48, "2K": 16, "4K": 8},
+            repeats=5,
             burst=1000,
             burst_latency=2.0,
             burst_size="1K",
@@ -290,6 +290,10 @@ class Cell:
 
     def latency_ms(self, path: str, q: float) -> float:
         return statistics.median(percentile(r.latencies, q) for r in self.runs[path]) * 1000
+
+    def paired_rps_ratios(self, path: str, baseline: str) -> list[float]:
+        """``path``'s req/s over ``baseline``'s, per run: the two ran back to back in each."""
+        return sorted(a.rps / b.rps for a, b in zip(self.runs[path], self.runs[baseline], strict=True))
 
 
 async def throughput(clients: Clients, config: CompareConfig) -> list[Cell]:
@@ -622,13 +626,15 @@ def format_report(report: Report) -> str:
         + ", ".join(f"{n} at {size}" for size, n in c.cell_requests.items())
         + f" (at least the concurrency); {c.repeats} runs per cell at 1K, 2 at 2K and 4K, 1 at 4K with"
         f" concurrency {max(c.concurrencies)} (one wave of 22 MB images); medians of the runs. The *runs*"
-        " column says how many. Ratios: gateway / seed and gateway / relay (above 1 is better for"
-        " requests/s, below 1 is better for latency).",
+        " column says how many; *gw/seed per run* lists the gateway/seed req/s ratio of each run (the"
+        " two ran back to back), which shows how much the shared machine moved the figures."
+        " Ratios: gateway / seed and gateway / relay (above 1 is better for requests/s, below 1 is"
+        " better for latency).",
         "",
         "| size | conc. | runs x requests | seed req/s | gateway req/s | relay req/s | gw/seed | gw/relay"
-        " | seed p50 ms | gateway p50 ms | relay p50 ms | gw/seed p50"
+        " | gw/seed per run | seed p50 ms | gateway p50 ms | relay p50 ms | gw/seed p50"
         " | seed p99 ms | gateway p99 ms | relay p99 ms | gw/seed p99 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in report.cells:
         rps = {p: cell.rps(p) for p in PATHS}
@@ -641,6 +647,7 @@ def format_report(report: Report) -> str:
             *(_fmt(rps[p]) for p in PATHS),
             _ratio(rps["gateway"], rps["seed"]),
             _ratio(rps["gateway"], rps["relay"]),
+            " ".join(f"{r:.2f}" for r in cell.paired_rps_ratios("gateway", "seed")),
             *(_fmt(p50[p]) for p in PATHS),
             _ratio(p50["gateway"], p50["seed"]),
             *(_fmt(p99[p]) for p in PATHS),

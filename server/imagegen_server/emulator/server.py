@@ -12,6 +12,8 @@ from .scenarios import Scenario, ScenarioStats
 
 #: Handlers still running at shutdown (long latency steps) get this long.
 _SHUTDOWN_TIMEOUT = 1.0
+#: Pending connections the listening socket holds (the kernel caps it at somaxconn).
+_BACKLOG = 4096
 
 
 class Emulator:
@@ -96,7 +98,10 @@ class Emulator:
         runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            # Gemini accepts any number of connections; aiohttp's default backlog
+            # of 128 drops the SYNs of a larger burst, which then wait out TCP's
+            # 1-3-7-15 s retransmits and make the emulator the bottleneck.
+            site = web.TCPSite(runner, self.host, self._requested_port, backlog=_BACKLOG)
             await site.start()
         except BaseException:
             await runner.cleanup()
