@@ -254,26 +254,45 @@ class Run:
 
     wall: float
     latencies: tuple[float, ...]
+    #: Failed calls by error (only when the run tolerates failures), e.g. ``{"CANCELLED": 3}``.
+    errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.wall
 
 
-async def run_calls(call: Call, n: int, concurrency: int) -> Run:
-    """``n`` calls by ``concurrency`` workers, each starting its next call when one ends."""
+def _error_name(error: Exception) -> str:
+    code = getattr(error, "code", None)
+    code = code() if callable(code) else code
+    return str(getattr(code, "name", None) or type(error).__name__)
+
+
+async def run_calls(call: Call, n: int, concurrency: int, *, tolerate: bool = False) -> Run:
+    """``n`` calls by ``concurrency`` workers, each starting its next call when one ends.
+
+    A failed call fails the run, unless ``tolerate``: then it is counted in ``errors``
+    (bursts report how many calls a server under load failed, and how).
+    """
     remaining = iter(range(n))
     latencies: list[float] = []
+    errors: dict[str, int] = {}
 
     async def worker() -> None:
         for _ in remaining:
             start = time.perf_counter()
-            await call()
+            try:
+                await call()
+            except Exception as error:
+                if not tolerate:
+                    raise
+                errors[_error_name(error)] = errors.get(_error_name(error), 0) + 1
+                continue
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Run(time.perf_counter() - start, tuple(latencies))
+    return Run(time.perf_counter() - start, tuple(latencies), errors)
 
 
 @dataclass(slots=True)
@@ -361,6 +380,8 @@ class Burst:
     rss_peak: int
     lag_max_ms: float
     lag_p99_ms: float
+    #: Calls that failed, by status (none expected).
+    errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def growth_per_request(self) -> float:
@@ -397,7 +418,7 @@ async def burst(
         await run_calls(cl.call(path, "512"), 8, 8)  # warm-up: threads, channels, code paths
         before = (await server.ask("mark"))["rss"]
         call = cl.call("gateway-stream" if stream else path, size, f"{marker} {PROMPT}")
-        run = await run_calls(call, count, count)
+        run = await run_calls(call, count, count, tolerate=True)
         stats = await server.ask("stats")
     return Burst(
         path="gateway-stream" if stream else path,
@@ -408,6 +429,7 @@ async def burst(
         rss_peak=stats["peak"],
         lag_max_ms=stats["lag_max_ms"],
         lag_p99_ms=stats["lag_p99_ms"],
+        errors=run.errors,
     )
 
 
@@ -545,6 +567,17 @@ def _median_burst(bursts: Sequence[Burst], path: str) -> dict[str, float]:
     }
 
 
+def _failures(bursts: Sequence[Burst], path: str) -> str:
+    counts: dict[str, int] = {}
+    for b in bursts:
+        if b.path == path:
+            for name, n in b.errors.items():
+                counts[name] = counts.get(name, 0) + n
+    if not counts:
+        return "0"
+    return f"{sum(counts.values())} (" + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) + ")"
+
+
 def _machine() -> str:
     cpu = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
@@ -591,7 +624,9 @@ def format_report(report: Report) -> str:
         "- **Shared machine:** other helpers ran their test suites on these 2 cores during the run, so absolute",
         "  figures move from run to run. Every figure is a median over several short runs, and every ratio",
         "  compares paths measured in the same run, interleaved (seed, gateway, relay, seed, ...), so drift",
-        "  hits them alike.",
+        "  hits them alike. Under contention the scheduler shares the cores among runnable processes, so the",
+        "  paths spread over two processes (SDK + gateway, stub + relay) get more of the machine than the",
+        "  single-process seed client; the CPU-seconds table is the comparison that load does not skew.",
         f"- **Setup:** everything on loopback. The emulator (`{c.profile}` images, model `{MODEL}`, 1:1,"
         f" fixed seed so it renders each image once and serves it from its cache), the gateway"
         f" (`ServerConfig` defaults, `max_concurrency` raised to the run's concurrency, or to the burst"
@@ -685,15 +720,18 @@ def format_report(report: Report) -> str:
         " event loop during the burst.",
         "",
         "| path | wall s | wall vs relay | RSS per in-flight request | x image bytes | loop lag max ms"
-        " | loop lag p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        " | loop lag p99 ms | failed calls (all runs) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in (("gateway, GenerateStream (SDK)", gw), ("relay floor, unary (raw stub)", rl)):
+    for name, path, row in (
+        ("gateway, GenerateStream (SDK)", "gateway-stream", gw),
+        ("relay floor, unary (raw stub)", "relay", rl),
+    ):
         if row:
             lines.append(
                 f"| {name} | {row['wall']:.2f} | {_ratio(row['wall'], rl['wall'])} |"
                 f" {row['per_request'] / 2**20:.2f} MiB | {row['image_ratio']:.2f}x | {row['lag_max_ms']:.0f} |"
-                f" {row['lag_p99_ms']:.0f} |"
+                f" {row['lag_p99_ms']:.0f} | {_failures(report.bursts, path)} |"
             )
     mg = _median_burst(report.memory, "gateway") if report.memory else {}
     mr = _median_burst(report.memory, "relay") if report.memory else {}
@@ -705,14 +743,14 @@ def format_report(report: Report) -> str:
         f"{c.memory_burst} unary calls at once, {c.memory_latency:g} s upstream latency, a"
         f" {mem_image / 1e6:.1f} MB PNG each; fresh server processes, median of {c.memory_repeats}.",
         "",
-        "| path | wall s | RSS per in-flight request | x image bytes | loop lag max ms |",
-        "|---|---|---|---|---|",
+        "| path | wall s | RSS per in-flight request | x image bytes | loop lag max ms | failed calls |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, row in (("gateway (SDK Generate)", mg), ("relay floor (raw stub)", mr)):
+    for name, path, row in (("gateway (SDK Generate)", "gateway", mg), ("relay floor (raw stub)", "relay", mr)):
         if row:
             lines.append(
                 f"| {name} | {row['wall']:.2f} | {row['per_request'] / 2**20:.1f} MiB | {row['image_ratio']:.2f}x |"
-                f" {row['lag_max_ms']:.0f} |"
+                f" {row['lag_max_ms']:.0f} | {_failures(report.memory, path)} |"
             )
     lines += ["", "## Issue 13's targets, against these figures", ""]
     one_k_16 = cells.get(("1K", 16))
