@@ -27,7 +27,7 @@ from imagegen_server.decoding import DecodeInterceptor
 from imagegen_server.emulator import Emulator
 from imagegen_server.gemini.client import GeminiClient
 from imagegen_server.inflight import SMALL_REQUEST_BYTES, RequestBytes, default_bound
-from imagegen_server.lifecycle import ObserverGroup
+from imagegen_server.lifecycle import GenerationObserver, ObserverGroup
 from imagegen_server.observability import (
     AttemptsRecorder,
     Metrics,
@@ -43,6 +43,7 @@ from imagegen_server.rest import RestGateway
 from imagegen_server.service import ImageGenerationServicer
 from imagegen_server.sharedstate.stores import SharedStores, open_stores
 from imagegen_server.tls import CertificateFiles
+from imagegen_server.tracing import Tracing, start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,15 @@ def _cut_off_margin(grace: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
+async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) -> AsyncIterator[RunningServer]:
     """Start the server (and the embedded emulator when there is no key and no
     upstream URL); stop both on exit.
 
     Raises :class:`CannotListenError` (before starting anything) when the port
     or the metrics port is taken or the host is not this machine's, and
     :class:`~imagegen_server.config.ConfigError` for flags it refuses (unusable
-    TLS files among them).
+    TLS files among them, tracing asked for without the ``otel`` extra).
+    ``tracing`` replaces the one the ``OTEL_*`` environment would configure (tests).
     """
     config.check()
     certificates = _certificates(config)
@@ -127,7 +129,13 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         )
     if config.http_port:
         check_bindable(config.host, config.http_port, what="HTTP port", flag="--http-port")
+    if tracing is None:
+        tracing = start_tracing(config)
+        if tracing is not None:
+            log.info("OpenTelemetry traces on, exported as OTEL_* says")
     async with contextlib.AsyncExitStack() as stack:
+        if tracing is not None:
+            stack.callback(tracing.shutdown)
         emulator: Emulator | None = None
         api_key: str | None
         if config.uses_embedded_emulator:
@@ -149,14 +157,18 @@ async def run_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         )
         metrics = Metrics()
         shared = await _shared_stores(stack, config, metrics)
+        observers: list[GenerationObserver] = [metrics, AttemptsRecorder()]
+        if tracing is not None:
+            observers.append(tracing)
         pipeline = Pipeline(
             config,
             client,
-            observer=ObserverGroup([metrics, AttemptsRecorder()]),
+            observer=ObserverGroup(observers),
             idempotency=shared.idempotency if shared is not None else None,
             breakers=shared.breaker if shared is not None else None,
         )
-        rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts)
+        metrics.watch_queue(pipeline.waiting_for_slots)
+        rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts, tracing=tracing)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
         access = _access(config, authenticator, shared.limiter if shared is not None else LocalCallerLimiter())
         server = _grpc_server(config, rpc_observer, access)

@@ -155,6 +155,9 @@ class ServerConfig:
     http_port: int | None = None
     #: Origins browsers may call the REST port from (CORS); ``*`` for any; empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
+    #: OpenTelemetry traces (the ``otel`` extra), exported as the ``OTEL_*`` variables say; also on
+    #: whenever ``OTEL_TRACES_EXPORTER`` names an exporter.
+    otel: bool = False
     #: Log lines as JSON objects or text; None: JSON unless stderr is a terminal.
     log_format: str | None = None
     #: Put each request's prompt in its access line (off: prompts are never logged).
@@ -540,6 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="state_max_result_bytes",
         type=int,
         help="largest result kept in Redis for repeated request ids",
+    )
+    p.add_argument(
+        "--otel",
+        dest="otel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry traces (pip install 'imagegen[otel]'), exported as the OTEL_* variables say"
+        " (on also when OTEL_TRACES_EXPORTER names an exporter)",
     )
     p.add_argument(
         "--log-format",

@@ -19,7 +19,8 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -28,10 +29,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from imagegen_server.breaker import CircuitState
 from imagegen_server.caller import current_caller
 from imagegen_server.gemini.errors import ErrorKind, UpstreamError
+from imagegen_server.gemini.types import UpstreamResult
 from imagegen_server.lifecycle import GenerationObserver
 from imagegen_server.logs import RpcLogContext, bind_rpc, current_generation, current_rpc, unbind_rpc
 from imagegen_server.quoting import cut, escape_controls
 from imagegen_server.retry import RetryDecision
+
+if TYPE_CHECKING:
+    from imagegen_server.tracing import Tracing
 
 log = logging.getLogger("imagegen_server.access")
 
@@ -61,8 +66,45 @@ class Metrics(GenerationObserver):
         self.in_flight = Gauge("imagegen_rpcs_in_flight", "RPCs being served.", ["method"], registry=self.registry)
         self.upstream_attempts = Counter(
             "imagegen_upstream_attempts",
-            "Upstream Gemini attempts by outcome (ok or the failure kind).",
-            ["outcome"],
+            "Upstream Gemini attempts by model and outcome (ok or the failure kind).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "imagegen_upstream_attempt_duration_seconds",
+            "Wall time of each upstream attempt, by model and outcome (ok or the failure kind).",
+            ["model", "outcome"],
+            buckets=(0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180),
+            registry=self.registry,
+        )
+        self.generation_attempts = Histogram(
+            "imagegen_generation_attempts",
+            "Upstream attempts a finished generation took, by model and outcome (ok or the last failure kind).",
+            ["model", "outcome"],
+            buckets=(1, 2, 3, 4, 5, 8),
+            registry=self.registry,
+        )
+        self.upstream_tokens = Counter(
+            "imagegen_upstream_tokens",
+            "Tokens Gemini reported for answered attempts, by model and kind (input, output).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "imagegen_queue_depth",
+            "Requests waiting for a concurrency slot (--max-concurrency); they get OVERLOADED after --queue-timeout.",
+            registry=self.registry,
+        )
+        self.received_bytes = Counter(
+            "imagegen_received_bytes",
+            "Request bytes received, by method (the protobuf message over gRPC, the JSON body over REST).",
+            ["method"],
+            registry=self.registry,
+        )
+        self.sent_bytes = Counter(
+            "imagegen_sent_bytes",
+            "Response bytes sent, by method (protobuf messages over gRPC, JSON bodies and events over REST).",
+            ["method"],
             registry=self.registry,
         )
         self.retry_wait_seconds = Counter(
@@ -111,16 +153,40 @@ class Metrics(GenerationObserver):
         """Count a shared-state operation Redis did not serve."""
         self.shared_state_errors.labels(operation).inc()
 
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth from ``depth`` at each scrape (the pipeline's waiting requests)."""
+        self.queue_depth.set_function(depth)
+
+    def attempt_started(self, model: str, attempt: int, max_attempts: int) -> None:
+        """Start the attempt's clock (per RPC)."""
+        outcome = _OUTCOME.get()
+        if outcome is not None:
+            outcome.attempt_started_at = time.monotonic()
+
     def attempt_failed(self, model: str, attempt: int, error: UpstreamError, decision: RetryDecision) -> None:
         """Count the failed attempt by its kind and, when no retry follows, why."""
         if error.kind is not ErrorKind.CIRCUIT_OPEN:  # an attempt the breaker did not let through
-            self.upstream_attempts.labels(error.kind.name).inc()
+            self.upstream_attempts.labels(model, error.kind.name).inc()
+            self._attempt_ended(model, error.kind.name)
         if not decision.will_retry:
             self.retry_stops.labels(model, decision.reason).inc()
 
+    def upstream_answered(self, model: str, attempt: int, result: UpstreamResult) -> None:
+        """Count the tokens Gemini reported."""
+        self.upstream_tokens.labels(model, "input").inc(result.usage.prompt_tokens)
+        self.upstream_tokens.labels(model, "output").inc(result.usage.output_tokens)
+
     def attempt_succeeded(self, model: str, attempt: int) -> None:
         """Count the successful attempt."""
-        self.upstream_attempts.labels("ok").inc()
+        self.upstream_attempts.labels(model, "ok").inc()
+        self._attempt_ended(model, "ok")
+
+    def _attempt_ended(self, model: str, outcome: str) -> None:
+        """Observe the attempt's duration when its start was seen (inside an RPC)."""
+        rpc = _OUTCOME.get()
+        if rpc is not None and rpc.attempt_started_at is not None:
+            self.upstream_seconds.labels(model, outcome).observe(time.monotonic() - rpc.attempt_started_at)
+            rpc.attempt_started_at = None
 
     def retry_waiting(self, model: str, attempt: int, delay: float) -> None:
         """Add the backoff about to be waited."""
@@ -129,12 +195,14 @@ class Metrics(GenerationObserver):
     def generation_done(self, model: str, attempts: int, elapsed: float) -> None:
         """Count a generation that got its image."""
         self.generations.labels(model, "ok").inc()
+        self.generation_attempts.labels(model, "ok").observe(attempts)
 
     def generation_failed(
         self, model: str, attempts: int, error: UpstreamError, stop_reason: str, elapsed: float
     ) -> None:
         """Count a generation the retry loop gave up on, by its last failure."""
         self.generations.labels(model, error.kind.name).inc()
+        self.generation_attempts.labels(model, error.kind.name).observe(attempts)
 
     def model_fallback(self, from_model: str, to_model: str, reason: str) -> None:
         """Count the move to a fallback model."""
@@ -219,13 +287,18 @@ class RpcObserver:
     its end writes the one access line and counts its code and duration.
     """
 
-    def __init__(self, metrics: Metrics, *, log_prompts: bool = False) -> None:
+    def __init__(self, metrics: Metrics, *, log_prompts: bool = False, tracing: Tracing | None = None) -> None:
         self.metrics = metrics
         self._log_prompts = log_prompts
+        self._tracing = tracing
 
     @contextlib.contextmanager
-    def observe(self, method: str, request: Any, metadata: Metadata | None) -> Iterator[RpcOutcome]:
+    def observe(
+        self, method: str, request: Any, metadata: Metadata | None, *, transport: str = "grpc"
+    ) -> Iterator[RpcOutcome]:
         """Observe one RPC of ``method`` (``package.Service/Method``) until the block ends.
+
+        ``transport`` is ``grpc`` or ``rest`` (the REST gateway), for traces.
 
         The block sets the outcome's ``code`` when it ends with an error status; an
         exception leaving the block without one counts as CANCELLED or UNKNOWN.
@@ -234,22 +307,31 @@ class RpcObserver:
             method=method, request_id=request_id_of(request, metadata), trace_id=trace_id_of(metadata)
         )
         outcome = RpcOutcome(context, request)
-        token = bind_rpc(context)
-        self.metrics.in_flight.labels(method).inc()
-        started = time.monotonic()
-        try:
-            yield outcome
-        except asyncio.CancelledError:
-            outcome.code = outcome.code or "CANCELLED"
-            raise
-        except BaseException:
-            outcome.code = outcome.code or "UNKNOWN"
-            raise
-        finally:
-            self._finish(outcome, time.monotonic() - started)
-            # A stream closed from elsewhere (garbage collection) runs this in another context.
-            with contextlib.suppress(ValueError):
-                unbind_rpc(token)
+        with contextlib.ExitStack() as stack:
+            span = None
+            if self._tracing is not None:
+                span = stack.enter_context(self._tracing.rpc(method, _text(metadata), transport=transport))
+                context.trace_id, context.span_id = span.trace_id, span.span_id
+            token = bind_rpc(context)
+            outcome_token = _OUTCOME.set(outcome)
+            self.metrics.in_flight.labels(method).inc()
+            started = time.monotonic()
+            try:
+                yield outcome
+            except asyncio.CancelledError:
+                outcome.code = outcome.code or "CANCELLED"
+                raise
+            except BaseException:
+                outcome.code = outcome.code or "UNKNOWN"
+                raise
+            finally:
+                self._finish(outcome, time.monotonic() - started)
+                if span is not None:
+                    span.code = outcome.code
+                # A stream closed from elsewhere (garbage collection) runs this in another context.
+                with contextlib.suppress(ValueError):
+                    unbind_rpc(token)
+                    _OUTCOME.reset(outcome_token)
 
     def _finish(self, outcome: RpcOutcome, elapsed: float) -> None:
         context = outcome.context
@@ -259,6 +341,10 @@ class RpcObserver:
         context.caller = escape_controls(caller.name)
         self.metrics.rpcs.labels(context.method, code, caller.label).inc()
         self.metrics.rpc_seconds.labels(context.method).observe(elapsed)
+        if outcome.received:
+            self.metrics.received_bytes.labels(context.method).inc(outcome.received)
+        if outcome.sent:
+            self.metrics.sent_bytes.labels(context.method).inc(outcome.sent)
         generation = current_generation()
         extra: dict[str, object] = {
             "caller": context.caller,
@@ -268,6 +354,8 @@ class RpcObserver:
             "attempts": context.attempts,
             "generation_id": "" if generation == "-" else generation,
             "request_id": context.request_id,
+            "trace_id": context.trace_id,
+            "span_id": context.span_id,
         }
         if self._log_prompts:
             extra["prompt"] = getattr(outcome.request, "prompt", None) or None
@@ -282,16 +370,36 @@ class RpcObserver:
         )
 
 
+def _text(metadata: Metadata | None) -> dict[str, str]:
+    """The text entries of ``metadata`` (binary ``-bin`` values dropped), for propagators."""
+    return {key: value for key, value in metadata or () if isinstance(value, str)}
+
+
 class RpcOutcome:
     """One observed RPC as its transport reports it: its request (once decoded) and how it ended."""
 
-    __slots__ = ("code", "context", "request")
+    __slots__ = ("attempt_started_at", "code", "context", "received", "request", "sent")
 
     def __init__(self, context: RpcLogContext, request: Any) -> None:
         self.context = context
         self.request = request
         #: The status code's name when the RPC failed; None while it has not.
         self.code: str | None = None
+        #: Bytes received and sent so far, as the transport counts them.
+        self.received = 0
+        self.sent = 0
+        #: When the upstream attempt in progress began (monotonic clock), for its duration.
+        self.attempt_started_at: float | None = None
+
+
+#: The RPC the current task serves (tasks it starts inherit the reference), for per-RPC measurements.
+_OUTCOME: ContextVar[RpcOutcome | None] = ContextVar("imagegen_rpc_outcome", default=None)
+
+
+def message_size(message: Any) -> int:
+    """The encoded size of a protobuf message (0 for anything else)."""
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if callable(size) else 0
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
@@ -319,17 +427,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             with self._observer.observe(method, request, context.invocation_metadata()) as outcome:
+                outcome.received = message_size(request)
                 try:
-                    return await inner(request, context)
+                    response = await inner(request, context)
                 except BaseException as exc:
                     outcome.code = _code_name(context, exc)
                     raise
+                outcome.sent = message_size(response)
+                return response
 
         return wrapper
 
     def _wrap_stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             with self._observer.observe(method, request, context.invocation_metadata()) as outcome:
+                outcome.received = message_size(request)
                 try:
                     messages = inner(request, context)
                     if inspect.isawaitable(messages):
@@ -337,6 +449,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                         await messages
                     else:
                         async for message in messages:
+                            outcome.sent += message_size(message)
                             yield message
                 except BaseException as exc:
                     outcome.code = _code_name(context, exc)

@@ -317,9 +317,10 @@ class RestGateway:
     async def _serve(self, route: Route, http: web.Request) -> web.StreamResponse:
         metadata = [(name, http.headers[name]) for name in FORWARDED_HEADERS if name in http.headers]
         rpc_name = route.full_method.lstrip("/")
-        with self._observer.observe(rpc_name, None, metadata) as outcome:
+        with self._observer.observe(rpc_name, None, metadata, transport="rest") as outcome:
             try:
                 raw = await self._body(route, http)
+                outcome.received = len(raw)
                 # Admitted (caller, limits, quotas) before the body is parsed, as on the gRPC port.
                 async with self._admit(route.full_method, metadata, len(raw)):
                     message = _parse(raw, _message_class(route.rpc)()) if route.body else _message_class(route.rpc)()
@@ -336,7 +337,9 @@ class RestGateway:
             except _Aborted as aborted:
                 outcome.code = _code_name(aborted.status)
                 return _error_response(aborted.status)
-            return web.Response(body=orjson.dumps(json_format.MessageToDict(response)), content_type="application/json")
+            body = orjson.dumps(json_format.MessageToDict(response))
+            outcome.sent = len(body)
+            return web.Response(body=body, content_type="application/json")
 
     async def _body(self, route: Route, http: web.Request) -> bytes:
         """The request body, unparsed (empty for bodiless routes)."""
@@ -363,12 +366,12 @@ class RestGateway:
         await response.prepare(http)
         try:
             if first is not None:
-                await response.write(_event(first))
+                await self._send(response, _event(first), outcome)
             async for item in messages:
-                await response.write(_event(item))
+                await self._send(response, _event(item), outcome)
         except _Aborted as aborted:
             outcome.code = _code_name(aborted.status)
-            await response.write(_sse("error", status_json(aborted.status)))
+            await self._send(response, _sse("error", status_json(aborted.status)), outcome)
         except ConnectionResetError:
             # The caller went away: the servicer's stream is closed below, which cancels the upstream call.
             outcome.code = grpc.StatusCode.CANCELLED.name
@@ -377,6 +380,11 @@ class RestGateway:
             await messages.aclose()
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, data: bytes, outcome: RpcOutcome) -> None:
+        outcome.sent += len(data)
+        await response.write(data)
 
     async def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """Allow the configured origins to read answers (streams included: this runs as headers go out)."""

@@ -207,8 +207,9 @@ async def test_metrics_and_access_log(
     method = "imagegen.v1.ImageGenerationService/Generate"
     assert f'imagegen_rpcs_total{{caller="anonymous",code="OK",method="{method}"}} 1.0' in text
     assert f'imagegen_rpcs_total{{caller="anonymous",code="INVALID_ARGUMENT",method="{method}"}} 1.0' in text
-    assert 'imagegen_upstream_attempts_total{outcome="UNAVAILABLE"} 1.0' in text
-    assert 'imagegen_upstream_attempts_total{outcome="ok"} 1.0' in text
+    model = 'model="gemini-3.1-flash-image"'
+    assert f'imagegen_upstream_attempts_total{{{model},outcome="UNAVAILABLE"}} 1.0' in text
+    assert f'imagegen_upstream_attempts_total{{{model},outcome="ok"}} 1.0' in text
     lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]
     assert any(line.startswith("Generate OK") and "requestId=m1" in line for line in lines)
     assert any(line.startswith("Generate INVALID_ARGUMENT") for line in lines)

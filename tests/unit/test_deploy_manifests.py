@@ -170,7 +170,7 @@ def test_the_gateway_image_is_slim_python_and_runs_as_a_numeric_non_root_user(st
     assert stages["build"].image == "python:3.11-slim"
     user = runtime.last("USER").split(":")
     assert all(part.isdigit() and int(part) != 0 for part in user), f"USER {user} must be numeric and not root"
-    assert any("imagegen[server]" in run for run in runtime.all("RUN")), "the image installs imagegen[server]"
+    assert any("imagegen[server,otel]" in run for run in runtime.all("RUN")), "the image installs imagegen[server,otel]"
 
 
 def test_the_image_binds_all_interfaces_and_exposes_what_the_server_listens_on(

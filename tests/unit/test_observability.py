@@ -57,9 +57,9 @@ def test_metrics_count_what_the_pipeline_reports() -> None:
     metrics.attempt_failed(model, 1, blocked, stop)
     metrics.generation_failed(model, 1, blocked, "not_retryable", 0.5)
 
-    assert _sample(metrics, "imagegen_upstream_attempts_total", outcome="UNAVAILABLE") == 1
-    assert _sample(metrics, "imagegen_upstream_attempts_total", outcome="CONTENT_BLOCKED") == 1
-    assert _sample(metrics, "imagegen_upstream_attempts_total", outcome="ok") == 1
+    assert _sample(metrics, "imagegen_upstream_attempts_total", model=model, outcome="UNAVAILABLE") == 1
+    assert _sample(metrics, "imagegen_upstream_attempts_total", model=model, outcome="CONTENT_BLOCKED") == 1
+    assert _sample(metrics, "imagegen_upstream_attempts_total", model=model, outcome="ok") == 1
     assert _sample(metrics, "imagegen_retry_wait_seconds_total") == 1.5
     assert _sample(metrics, "imagegen_generations_total", model=model, outcome="ok") == 1
     assert _sample(metrics, "imagegen_generations_total", model=model, outcome="CONTENT_BLOCKED") == 1
