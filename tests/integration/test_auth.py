@@ -180,15 +180,25 @@ async def test_caller_in_access_log_and_bounded_metric_label(
     caplog.set_level(logging.INFO, logger="imagegen_server.access")
     assert (await raw_status(auth_server.target, "ListModels", bearer(ALICE)))[0] is OK
     assert (await raw_status(auth_server.target, "ListModels", bearer("nope")))[0] is U
-    lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]
-    assert any(line.startswith("ListModels OK") and "caller=alice" in line for line in lines)
-    assert any(line.startswith("ListModels UNAUTHENTICATED") and "caller=anonymous" in line for line in lines)
     url = f"http://127.0.0.1:{auth_server.metrics_port}/metrics"
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
-        text = await resp.text()
+    expected_lines = [("ListModels OK", "caller=alice"), ("ListModels UNAUTHENTICATED", "caller=anonymous")]
     method = f"{SERVICE}/ListModels"
-    assert f'imagegen_rpcs_total{{caller="alice",code="OK",method="{method}"}} 1.0' in text
-    assert f'imagegen_rpcs_total{{caller="anonymous",code="UNAUTHENTICATED",method="{method}"}} 1.0' in text
+    expected_metrics = [
+        f'imagegen_rpcs_total{{caller="alice",code="OK",method="{method}"}} 1.0',
+        f'imagegen_rpcs_total{{caller="anonymous",code="UNAUTHENTICATED",method="{method}"}} 1.0',
+    ]
+    # The server logs and counts a call as its handler unwinds, which may be just after the client has
+    # its status: look again for up to two seconds.
+    for _ in range(200):
+        lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+        logged = all(any(ln.startswith(start) and who in ln for ln in lines) for start, who in expected_lines)
+        if logged and all(m in text for m in expected_metrics):
+            break
+        await asyncio.sleep(0.01)
+    assert all(any(ln.startswith(start) and who in ln for ln in lines) for start, who in expected_lines), lines
+    assert all(m in text for m in expected_metrics), text
 
 
 async def test_tokens_file_changes_apply_without_restart(auth_server: RunningServer, tokens_file: Path) -> None:
