@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -145,7 +146,10 @@ async def _child(kind: str, args: list[str]) -> None:
 
 
 def child_main() -> None:
-    """``python -m bench.procs KIND ARGS...``"""
+    """``python -m bench.procs KIND ARGS...``; ``BENCH_LOG_LEVEL=INFO`` shows the server's logs on stderr."""
+    level = os.environ.get("BENCH_LOG_LEVEL")
+    if level:
+        logging.basicConfig(level=level, stream=sys.stderr)
     asyncio.run(_child(sys.argv[1], sys.argv[2:]))
 
 
