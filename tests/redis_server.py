@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -96,6 +97,7 @@ class RedisServer:
         if self._proc is None:
             return
         if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
             self._proc.terminate()
             try:
                 self._proc.wait(5)
@@ -103,6 +105,16 @@ class RedisServer:
                 self._proc.kill()
                 self._proc.wait(5)
         self._proc = None
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open, nothing answers, as a hung Redis."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process go on (SIGCONT)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop."""

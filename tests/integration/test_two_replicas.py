@@ -71,7 +71,7 @@ async def _serving(target: str, proc: asyncio.subprocess.Process, log: Path) -> 
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(300):
             if proc.returncode is not None:
-                raise AssertionError(f"replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"replica exited with {proc.returncode}:\n{_tail(log)}")
             try:
                 reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -79,7 +79,12 @@ async def _serving(target: str, proc: asyncio.subprocess.Process, log: Path) -> 
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(0.1)
-    raise AssertionError(f"replica at {target} never served:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"replica at {target} never served:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    """The end of a replica's log, for a failure message."""
+    return log.read_text(errors="replace")[-3000:]
 
 
 @asynccontextmanager
@@ -132,9 +137,7 @@ async def replica(name: str, directory: Path, emulator: Emulator, redis: RedisSe
 
 
 @pytest.fixture
-async def two_stubs(
-    tmp_path: Path, emulator: Emulator, redis_server: RedisServer
-) -> AsyncIterator[tuple[Stub, Stub]]:
+async def two_stubs(tmp_path: Path, emulator: Emulator, redis_server: RedisServer) -> AsyncIterator[tuple[Stub, Stub]]:
     """Stubs of two replicas started together (both processes start in parallel)."""
     async with AsyncExitStack() as stack:
         replicas = await asyncio.gather(
