@@ -190,10 +190,11 @@ def verify_image(data: bytes, mime_type: str, *, max_pixels: int) -> tuple[int, 
 
     The size comes from the format's header and is bounded before Pillow sees the bytes (no
     decompression bomb is ever decoded, and no global Pillow limit is touched); then Pillow
-    opens them as that format, must agree on the size, and verifies the structure (for PNG:
-    every chunk and its CRC). Pixels are not decoded, so a 1.5 MB PNG costs a few
-    milliseconds. Returns (width, height), or None for HEIC/HEIF, which only their header
-    vouches for. Raises ``ValueError`` saying what is wrong.
+    opens them as that format, must agree on the size, and verifies the structure (PNG:
+    every chunk and its CRC; JPEG: every segment up to the end-of-image marker; WebP: the
+    RIFF length). Pixels are not decoded, so a 1.5 MB image costs about a millisecond.
+    Returns (width, height), or None for HEIC/HEIF, which only their header vouches for.
+    Raises ``ValueError`` saying what is wrong.
     """
     label = _LABELS.get(mime_type, mime_type)
     pillow_format = _PILLOW_FORMATS.get(mime_type)
@@ -217,7 +218,54 @@ def verify_image(data: bytes, mime_type: str, *, max_pixels: int) -> tuple[int, 
         raise ValueError(f"{label} is corrupt ({_pillow_reason(exc)})") from None
     if size != (width, height):
         raise ValueError(f"{label} header declares {width}x{height} but the image is {size[0]}x{size[1]}")
+    if mime_type == "image/jpeg":
+        # Pillow's JPEG verify checks nothing past the header: a cut upload would pass.
+        _jpeg_end(data)
     return width, height
+
+
+def _jpeg_end(data: bytes) -> int:
+    """Offset just past the end-of-image marker of the JPEG at the start of ``data``.
+
+    Walks the segments from SOI by their lengths (so an EXIF thumbnail's own markers are
+    skipped) and each scan's entropy-coded data to the next real marker (``FF00`` is a
+    stuffed byte, ``FFD0``-``FFD7`` restart markers); bytes after EOI (a motion photo's
+    video) are allowed. Raises ``ValueError`` when the data ends first.
+    """
+    truncated = ValueError("JPEG is truncated (no end-of-image marker)")
+    pos, end = 2, len(data)
+    while True:
+        if pos + 1 >= end:
+            raise truncated
+        if data[pos] != 0xFF:
+            raise ValueError("JPEG segment does not start with a marker")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        pos += 2
+        if marker == 0xD9:
+            return pos
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            continue
+        if pos + 2 > end:
+            raise truncated
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2:
+            raise ValueError("JPEG segment length is invalid")
+        pos += length
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= end:
+                    raise truncated
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
 
 
 def _pillow_reason(exc: Exception) -> str:

@@ -75,6 +75,7 @@ HOSTILE = {
     ),
     "jpeg-30000x30000": (lambda: jpeg_declaring(30000, 30000), "JPEG declares 30000x30000 pixels"),
     "webp-truncated": (lambda: real_image("WEBP")[:-10], "WebP is truncated"),
+    "jpeg-truncated": (lambda: real_image("JPEG", (256, 256))[:-300], "JPEG is truncated"),
 }
 
 
@@ -119,6 +120,33 @@ async def test_sound_images_pass(stub: Stub, fmt: str) -> None:
     image = image_pb2.Image(data=real_image(fmt, (96, 64)))
     response = await stub.Generate(pb.GenerateRequest(prompt="a cat like this", input_images=[image]), timeout=30)
     assert response.generation.image.data
+
+
+def _noise_jpeg(**options: object) -> bytes:
+    img = Image.frombytes("RGB", (320, 240), random.Random(1).randbytes(320 * 240 * 3))
+    out = io.BytesIO()
+    img.save(out, "JPEG", **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_noise_jpeg(), id="baseline"),
+        pytest.param(_noise_jpeg(progressive=True), id="progressive"),
+        pytest.param(_noise_jpeg(restart_marker_blocks=4), id="restart-markers"),
+        pytest.param(_noise_jpeg() + b"ftypmp42 a motion photo's video after the image", id="trailing-data"),
+    ],
+)
+def test_sound_jpegs_pass_the_segment_walk(data: bytes) -> None:
+    assert verify_image(data, "image/jpeg", max_pixels=MAX_INPUT_PIXELS) == (320, 240)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 100, 5000])
+def test_cut_jpegs_are_truncated(cut: int) -> None:
+    data = _noise_jpeg(progressive=True)
+    with pytest.raises(ValueError, match="JPEG is truncated"):
+        verify_image(data[:-cut], "image/jpeg", max_pixels=MAX_INPUT_PIXELS)
 
 
 def test_declared_mime_type_must_match_the_real_format() -> None:
