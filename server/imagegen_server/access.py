@@ -27,7 +27,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from imagegen.v1.error_reason_pb2 import ErrorReason
 from imagegen_server import errors
 from imagegen_server.auth import UNLIMITED, Authenticator, Verdict
 from imagegen_server.caller import bind_caller
@@ -187,22 +186,18 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def admitted(
-        self, method: str, metadata: Iterable[tuple[str, str | bytes]], size: int
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]], size: int, identity: str | None = None
     ) -> AsyncIterator[None]:
         """The same checks for a call another transport carries (the REST gateway), as one block.
 
         ``method`` is ``/package.Service/Method``, ``metadata`` the call's headers, ``size`` its request
-        body's bytes (not yet decoded). Raises the refusal's :class:`ServiceError`; inside the block the
-        caller is bound and counted against its quotas, and the bytes against the memory bound.
+        body's bytes (not yet decoded), ``identity`` the verified client certificate's name (mutual TLS)
+        or None. Raises the refusal's :class:`ServiceError`; inside the block the caller is bound and
+        counted against its quotas, and the bytes against the memory bound.
         """
         verdict = self._auth.by_metadata(method, metadata)
-        if verdict is None:  # only mutual TLS defers to the certificate, and the REST port has none
-            raise errors.build(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this port takes bearer tokens only: send 'Authorization: Bearer <token>'",
-                ErrorReason.ERROR_REASON_CREDENTIALS_MISSING,
-                {"method": method},
-            )
+        if verdict is None:  # mutual TLS and no token: the client certificate decides
+            verdict = self._auth.by_certificate(method, identity)
         limit = self._request_limit(method)
         if size > limit:
             raise errors.request_too_large(limit, size, {"method": method})

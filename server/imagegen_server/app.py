@@ -258,6 +258,9 @@ async def _start_rest(stack: contextlib.AsyncExitStack, gateway: RestGateway, co
     if config.tls_cert is not None and config.tls_key is not None:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca is not None:  # mutual TLS, as on the gRPC port
+            ssl_context.verify_mode = ssl.CERT_REQUIRED
+            ssl_context.load_verify_locations(config.tls_client_ca)
     try:
         await web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context).start()
     except OSError as exc:

@@ -214,8 +214,6 @@ class ServerConfig:
                     "add them, or pass --insecure if a proxy or mesh in front provides both"
                 )
         found.extend(self._fallback_problems())
-        if self.tls_client_ca is not None and self.http_port is not None:
-            found.append("--http-port does not take client certificates yet: use bearer tokens, or no --tls-client-ca")
         if self.cors_origins and self.http_port is None:
             found.append("--cors-origins is for the REST port: give --http-port too")
         return found

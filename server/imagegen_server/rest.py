@@ -77,11 +77,12 @@ _CORS_ALLOW_HEADERS: Final = "authorization, content-type, traceparent, tracesta
 #: Admits a call of ``method`` (``/package.Service/Method``) with its metadata and request size, as the
 #: gRPC port does (caller, size limits, quotas: :meth:`AccessInterceptor.admitted`): raises the refusal's
 #: :class:`ServiceError`, else the block runs with the caller bound and counted.
-Admit = Callable[[str, Metadata, int], AbstractAsyncContextManager[None]]
+#: The last argument is the verified client certificate's identity (mutual TLS), or None.
+Admit = Callable[[str, Metadata, int, str | None], AbstractAsyncContextManager[None]]
 
 
 @contextlib.asynccontextmanager
-async def admit_everyone(method: str, metadata: Metadata, size: int) -> AsyncIterator[None]:
+async def admit_everyone(method: str, metadata: Metadata, size: int, identity: str | None) -> AsyncIterator[None]:
     """The :data:`Admit` of a server that checks nothing."""
     yield
 
@@ -216,6 +217,25 @@ class RestContext(grpc.aio.ServicerContext[Any, Any]):
         return {}
 
 
+def peer_identity(http: web.Request) -> str | None:
+    """The verified client certificate's identity (common name, else first subject alternative name), or None.
+
+    The same rule as the gRPC port's (:func:`imagegen_server.tls.peer_identity`).
+    """
+    transport = http.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and value:
+                return str(value)
+    for _kind, value in cert.get("subjectAltName", ()):
+        if value:
+            return str(value)
+    return None
+
+
 def status_json(status: status_pb2.Status) -> bytes:
     """A ``google.rpc.Status`` in protobuf's JSON mapping (details with ``@type``)."""
     return orjson.dumps(json_format.MessageToDict(status))
@@ -322,7 +342,7 @@ class RestGateway:
                 raw = await self._body(route, http)
                 outcome.received = len(raw)
                 # Admitted (caller, limits, quotas) before the body is parsed, as on the gRPC port.
-                async with self._admit(route.full_method, metadata, len(raw)):
+                async with self._admit(route.full_method, metadata, len(raw), peer_identity(http)):
                     message = _parse(raw, _message_class(route.rpc)()) if route.body else _message_class(route.rpc)()
                     outcome.request = message
                     outcome.context.request_id = request_id_of(message, metadata)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.app import RunningServer
 from imagegen_server.emulator import Emulator
+from tests.certificates import CertificateAuthority
 from tests.conftest import ServerFactory
 from tests.integration.test_auth import ALICE, VIEWER, tokens_toml
 from tests.integration.test_quotas import AUTH, quota_file
@@ -268,3 +270,26 @@ async def test_a_body_over_the_methods_limit_is_refused_before_parsing(make_serv
         async with http.post("/v1/images:generate", data=body, headers={"Content-Type": "application/json"}) as resp:
             status = await resp.json()
     assert status["code"] == 8 and _detail(status, ERROR_INFO)["reason"] == "REQUEST_TOO_LARGE"
+
+
+async def test_mutual_tls_on_the_rest_port(
+    make_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="imagegen_server.access")
+    ca = CertificateAuthority(tmp_path)
+    server_cert, alice = ca.issue("imagegen-server", server=True), ca.issue("alice")
+    tls = {"tls_cert": str(server_cert.cert_path), "tls_key": str(server_cert.key_path)}
+    async with (
+        make_server(http_port=0, tls_client_ca=str(ca.cert_path), **tls) as server,
+        aiohttp.ClientSession(f"https://127.0.0.1:{server.http_port}") as http,
+    ):
+        with_cert = ssl.create_default_context(cafile=str(ca.cert_path))
+        with_cert.load_cert_chain(alice.cert_path, alice.key_path)
+        async with http.post("/v1/images:generate", json={"prompt": "a cat"}, ssl=with_cert) as resp:
+            assert resp.status == 200
+        without = ssl.create_default_context(cafile=str(ca.cert_path))
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get("/v1/models", ssl=without) as resp:
+                await resp.read()
+    line = next(r for r in caplog.records if r.name == "imagegen_server.access")
+    assert line.caller == "alice" and line.code == "OK"  # type: ignore[attr-defined]
