@@ -3,7 +3,8 @@
 #   1. npm ci in clients/typescript (pinned by package-lock.json)
 #   2. src/gen is fresh (buf generate into a temp dir, diff)
 #   3. tsc strict build (src, tests, example)
-#   4. start the Gemini emulator and the real Python gRPC server
+#   4. start the Gemini emulator and the real Python gRPC server (and a second one with mutual TLS
+#      and a tokens file, certificates made at run time, for the client's TLS and token options)
 #   5. buf curl: reflection (v1 and v1alpha) lists the 5 RPCs; ListModels and Generate as JSON
 #   6. the example script against the server
 #   7. node --test: unit tests + the interop suite against the server
@@ -49,16 +50,20 @@ while [[ "$GRPC_PORT" == "$EMU_PORT" ]]; do GRPC_PORT="$(free_port)"; done
 LOGS="$(mktemp -d)"
 EMU_PID=""
 SRV_PID=""
+TLS_PID=""
 cleanup() {
   local rc=$?
-  # Stop only the two processes this script started.
+  # Stop only the processes this script started.
   [[ -n "$SRV_PID" ]] && kill "$SRV_PID" 2>/dev/null || true
+  [[ -n "$TLS_PID" ]] && kill "$TLS_PID" 2>/dev/null || true
+  [[ -n "$TLS_PID" ]] && wait "$TLS_PID" 2>/dev/null || true
   [[ -n "$EMU_PID" ]] && kill "$EMU_PID" 2>/dev/null || true
   [[ -n "$SRV_PID" ]] && wait "$SRV_PID" 2>/dev/null || true
   [[ -n "$EMU_PID" ]] && wait "$EMU_PID" 2>/dev/null || true
   if [[ $rc -ne 0 ]]; then
     echo "---- emulator log (tail)"; tail -n 40 "$LOGS/emulator.log" 2>/dev/null || true
     echo "---- server log (tail)"; tail -n 60 "$LOGS/server.log" 2>/dev/null || true
+    echo "---- TLS server log (tail)"; tail -n 30 "$LOGS/server-tls.log" 2>/dev/null || true
   fi
   rm -rf "$LOGS"
   exit $rc
@@ -90,6 +95,38 @@ GEMINI_API_KEY=test-key IMAGEGEN_RETRY_BUDGET_TOKENS=1000 "$PY" -m imagegen_serv
   --upstream-url "$EMU_URL" >"$LOGS/server.log" 2>&1 &
 SRV_PID=$!
 wait_port "$GRPC_PORT" "$SRV_PID" server
+
+# A second server for the client's TLS, mutual TLS and bearer-token options: certificates made now
+# (tests/certificates.py), a tokens file holding one ListModels-only caller.
+TLS_PORT="$(free_port)"
+while [[ "$TLS_PORT" == "$EMU_PORT" || "$TLS_PORT" == "$GRPC_PORT" ]]; do TLS_PORT="$(free_port)"; done
+TLS_DIR="$LOGS/tls"
+TLS_TOKEN="ts-viewer-token-$RANDOM$RANDOM"
+mkdir -p "$TLS_DIR"
+(cd "$ROOT" && TLS_TOKEN="$TLS_TOKEN" "$PY" - "$TLS_DIR" <<'PYEOF'
+import hashlib, os, shutil, sys
+from pathlib import Path
+from tests.certificates import CertificateAuthority
+out = Path(sys.argv[1])
+ca = CertificateAuthority(out, "ca")  # writes ca.pem
+server = ca.issue("imagegen-server", server=True, file_stem="server")
+client = ca.issue("ts-client", file_stem="client")
+(out / "other").mkdir()
+other = CertificateAuthority(out / "other", "other-ca")
+shutil.copy(other.cert_path, out / "other-ca.pem")
+digest = hashlib.sha256(os.environ["TLS_TOKEN"].encode()).hexdigest()
+(out / "tokens.toml").write_text(
+    f'[[callers]]\nname = "ts-viewer"\ntoken_sha256 = "{digest}"\n'
+    'methods = ["imagegen.v1.ImageGenerationService/ListModels"]\n'
+)
+PYEOF
+)
+echo "== TLS server on 127.0.0.1:$TLS_PORT (mutual TLS + tokens file)"
+GEMINI_API_KEY=test-key "$PY" -m imagegen_server serve --host 127.0.0.1 --port "$TLS_PORT" \
+  --upstream-url "$EMU_URL" --tls-cert "$TLS_DIR/server.crt" --tls-key "$TLS_DIR/server.key" \
+  --tls-client-ca "$TLS_DIR/ca.pem" --auth-tokens-file "$TLS_DIR/tokens.toml" >"$LOGS/server-tls.log" 2>&1 &
+TLS_PID=$!
+wait_port "$TLS_PORT" "$TLS_PID" "TLS server"
 
 # --- 5. generic tools: buf curl through server reflection
 # Both reflection protocols, each forced (by default buf tries v1, then v1alpha).
@@ -127,5 +164,6 @@ echo "== example (clients/typescript/examples/generate.ts)"
 # --- 7. the TypeScript suite
 echo "== node --test (unit + interop)"
 cd "$TS"
+IMAGEGEN_TLS_ADDRESS="127.0.0.1:$TLS_PORT" IMAGEGEN_TLS_DIR="$TLS_DIR" IMAGEGEN_TLS_TOKEN="$TLS_TOKEN" \
 IMAGEGEN_ADDRESS="127.0.0.1:$GRPC_PORT" IMAGEGEN_EMULATOR_URL="$EMU_URL" \
   node --test --test-reporter=spec --test-timeout=120000 dist/test/
