@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -189,7 +188,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
                 cors_origins=config.cors_origins,
                 max_body_bytes=config.max_message_bytes,
             )
-            http_port = await _start_rest(stack, gateway, config)
+            http_port = await _start_rest(stack, gateway, config, certificates)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         running = RunningServer(
             server=server,
@@ -248,19 +247,16 @@ async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, con
     return port
 
 
-async def _start_rest(stack: contextlib.AsyncExitStack, gateway: RestGateway, config: ServerConfig) -> int:
+async def _start_rest(
+    stack: contextlib.AsyncExitStack, gateway: RestGateway, config: ServerConfig, certificates: CertificateFiles | None
+) -> int:
     """Serve REST/JSON + SSE until the stack closes (HTTPS with the gRPC port's certificate); returns the port."""
     # handler_cancellation: a caller hanging up cancels its generation, as on the gRPC port.
     runner = web.AppRunner(gateway.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    ssl_context = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
-        if config.tls_client_ca is not None:  # mutual TLS, as on the gRPC port
-            ssl_context.verify_mode = ssl.CERT_REQUIRED
-            ssl_context.load_verify_locations(config.tls_client_ca)
+    # The gRPC port's certificates, re-read when they change, client certificates required under mutual TLS.
+    ssl_context = certificates.ssl_context() if certificates is not None else None
     try:
         await web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context).start()
     except OSError as exc:

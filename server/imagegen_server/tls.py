@@ -37,6 +37,8 @@ class _Loaded:
 
     stamps: tuple[tuple[int, int], ...]
     configuration: grpc.ServerCertificateConfiguration
+    #: The same files for Python's ssl (the REST port).
+    context: ssl.SSLContext
 
 
 class CertificateFiles:
@@ -69,6 +71,21 @@ class CertificateFiles:
             fetcher,
             require_client_authentication=self.requires_client_certificates,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server SSLContext for an HTTP port (the REST gateway) with the same files and the same reloads.
+
+        At each handshake (Python calls the SNI callback even without SNI) the files are checked as for
+        gRPC and the connection gets the current certificates.
+        """
+        front = self._loaded.context
+
+        def current(connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
+            self.fetch()
+            connection.context = self._loaded.context
+
+        front.sni_callback = current
+        return front
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration if a file changed since the last read, else None (gRPC keeps the current)."""
@@ -104,7 +121,7 @@ class CertificateFiles:
 
     def _load(self, stamps: tuple[tuple[int, int], ...]) -> _Loaded:
         """Read and cross-check the files: the key must match the certificate, the CA must parse."""
-        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # no default CAs: only --tls-client-ca signs clients
         try:
             check.load_cert_chain(self._cert, self._key)
         except (OSError, ssl.SSLError) as exc:
@@ -118,10 +135,11 @@ class CertificateFiles:
             except (OSError, ssl.SSLError) as exc:
                 raise TLSConfigError(f"--tls-client-ca {self._client_ca} is not a PEM CA certificate ({exc})") from exc
             ca = _read(self._client_ca)
+            check.verify_mode = ssl.CERT_REQUIRED
         configuration = grpc.ssl_server_certificate_configuration(
             [(_read(self._key), _read(self._cert))], root_certificates=ca
         )
-        return _Loaded(stamps, configuration)
+        return _Loaded(stamps, configuration, check)
 
 
 def _read(path: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -293,3 +294,33 @@ async def test_mutual_tls_on_the_rest_port(
                 await resp.read()
     line = next(r for r in caplog.records if r.name == "imagegen_server.access")
     assert line.caller == "alice" and line.code == "OK"  # type: ignore[attr-defined]
+
+
+async def test_rest_port_serves_replaced_certificates_without_restart(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path)
+    server_cert = ca.issue("imagegen-server", server=True)
+    (tmp_path / "next").mkdir()
+    next_ca = CertificateAuthority(tmp_path / "next", "next-ca")
+    tls = {"tls_cert": str(server_cert.cert_path), "tls_key": str(server_cert.key_path)}
+    old_trust = ssl.create_default_context(cafile=str(ca.cert_path))
+    new_trust = ssl.create_default_context(cafile=str(next_ca.cert_path))
+    async with make_server(http_port=0, **tls) as server, aiohttp.ClientSession() as http:
+        url = f"https://127.0.0.1:{server.http_port}/v1/models"
+
+        async def trusted(context: ssl.SSLContext) -> bool:
+            # A new connection each time: certificates are picked at the handshake.
+            try:
+                async with http.get(url, ssl=context, headers={"Connection": "close"}) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectorCertificateError:
+                return False
+
+        assert await trusted(old_trust) and not await trusted(new_trust)
+        renewed = next_ca.issue("imagegen-server", server=True, file_stem="renewed")
+        server_cert.cert_path.write_bytes(renewed.cert_pem)
+        server_cert.key_path.write_bytes(renewed.key_pem)
+        stat = server_cert.key_path.stat()
+        os.utime(server_cert.key_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert await trusted(new_trust) and not await trusted(old_trust)
