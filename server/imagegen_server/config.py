@@ -146,7 +146,8 @@ class ServerConfig:
     #: When the shared state is unreachable: "open" serves with this process's own
     #: state (no cross-replica dedup or quotas), "closed" refuses calls that need it.
     state_fail_mode: str = "open"
-    #: Longest wait for one shared-state operation, seconds (a hung Redis never hangs a call).
+    #: Longest wait for one shared-state operation, seconds (a hung Redis never hangs a call); one
+    #: that moves a stored result also gets the time to move ``state_max_result_bytes`` at 20 MB/s.
     state_timeout: float = 0.5
     #: Largest result (bytes) kept in the shared state for repeated request ids; larger ones
     #: reach only the duplicates waiting in the same replica.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 
 import grpc
@@ -26,12 +26,18 @@ POLICY = BreakerPolicy(failure_threshold=2, open_seconds=0.5, max_open_seconds=2
 
 
 @pytest.fixture
-def make_breaker(redis_server: RedisServer) -> Callable[[], CircuitBreaker]:
+async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[[], CircuitBreaker]]:
+    """Breakers as separate replicas would have them (own clients)."""
+    states: list[SharedState] = []
+
     def make() -> CircuitBreaker:
         state = SharedState.from_url(redis_server.url, fail_open=True, timeout=0.5)
+        states.append(state)
         return CircuitBreaker(POLICY, store=RedisBreakerStore(state, ttl=60), clock=time.time)
 
-    return make
+    yield make
+    for state in states:
+        await state.aclose()
 
 
 async def test_a_circuit_opened_on_one_replica_fails_fast_on_the_other_and_one_probe_closes_it(

@@ -35,17 +35,16 @@ def _generation(name: str, size: int = 10) -> image_pb2.Generation:
 
 
 @pytest.fixture
-def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., Store]]:
-    return _store_factory(redis_server)
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., Store]]:
+    """Stores as separate replicas would have them (own clients); their renewals stopped at the end."""
+    made: list[tuple[Store, SharedState]] = []
 
-
-def _store_factory(redis_server: RedisServer) -> Callable[..., Store]:
     def make(*, fail_open: bool = True, lease_seconds: float = 10.0, max_result_bytes: int = 1 << 20) -> Store:
         state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=0.5)
         local: MemoryIdempotencyStore[image_pb2.Generation] = MemoryIdempotencyStore(
             ttl=60, max_bytes=1 << 20, sizeof=lambda g: g.ByteSize(), clock=lambda: 0.0
         )
-        return RedisIdempotencyStore(
+        store = RedisIdempotencyStore(
             state,
             ttl=60,
             max_result_bytes=max_result_bytes,
@@ -53,8 +52,13 @@ def _store_factory(redis_server: RedisServer) -> Callable[..., Store]:
             fallback=local,
             lease_seconds=lease_seconds,
         )
+        made.append((store, state))
+        return store
 
-    return make
+    yield make
+    for store, state in made:
+        await store.aclose()
+        await state.aclose()
 
 
 async def test_a_duplicate_on_another_replica_gets_the_owners_result(make_store: Callable[..., Store]) -> None:
@@ -168,6 +172,31 @@ async def test_failing_closed_without_redis_refuses_request_ids(
     with pytest.raises(ServiceError) as info:
         await make_store(fail_open=False).claim(KEY, FP)
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert info.value.error_info().reason == "SHARED_STATE_UNAVAILABLE"
+
+
+async def test_a_remote_duplicate_whose_redis_goes_away_runs_the_request_itself_when_failing_open(
+    make_store: Callable[..., Store], redis_server: RedisServer
+) -> None:
+    a, b = make_store(), make_store()
+    await a.claim(KEY, FP)
+    follower = await b.claim(KEY, FP)
+    assert not follower.owner
+    await redis_server.astop()
+    with pytest.raises(Abandoned):
+        await b.wait(follower, 5)
+    assert (await b.claim(KEY, FP)).owner, "claimed in the replica's own store"
+
+
+async def test_a_remote_duplicate_whose_redis_goes_away_is_refused_when_failing_closed(
+    make_store: Callable[..., Store], redis_server: RedisServer
+) -> None:
+    a, b = make_store(fail_open=False), make_store(fail_open=False)
+    await a.claim(KEY, FP)
+    follower = await b.claim(KEY, FP)
+    await redis_server.astop()
+    with pytest.raises(ServiceError) as info:
+        await b.wait(follower, 5)
     assert info.value.error_info().reason == "SHARED_STATE_UNAVAILABLE"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -27,12 +27,20 @@ Make = Callable[..., RedisCallerLimiter]
 
 
 @pytest.fixture
-def make_limiter(redis_server: RedisServer) -> Make:
+async def make_limiter(redis_server: RedisServer) -> AsyncIterator[Make]:
+    """Limiters as separate replicas would have them (own clients); their renewals stopped at the end."""
+    made: list[tuple[RedisCallerLimiter, SharedState]] = []
+
     def make(*, fail_open: bool = True, lease_seconds: float = 30.0) -> RedisCallerLimiter:
         state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=0.5)
-        return RedisCallerLimiter(state, fallback=LocalCallerLimiter(), lease_seconds=lease_seconds)
+        limiter = RedisCallerLimiter(state, fallback=LocalCallerLimiter(), lease_seconds=lease_seconds)
+        made.append((limiter, state))
+        return limiter
 
-    return make
+    yield make
+    for limiter, state in made:
+        await limiter.aclose()
+        await state.aclose()
 
 
 async def _admitted(limiter: RedisCallerLimiter, caller: str, quota: Quota) -> Lease | None:

@@ -1,8 +1,9 @@
 """The Redis connection every shared store uses, and the bookkeeping of whether Redis answers.
 
 :meth:`SharedState.run` runs one Redis operation within ``timeout`` seconds
-(socket timeouts and an asyncio timeout around the whole operation, so a hung
-Redis never hangs a call) and turns every way it can fail into
+(an asyncio timeout around the whole operation, so a hung Redis never hangs a
+call; operations that may carry a stored result get the time to move
+``bulk_bytes`` at :data:`BULK_BYTES_PER_SECOND` on top) and turns every way it can fail into
 :class:`StateUnavailable`; the store that asked then falls back to its
 in-process twin (fail open) or refuses the call (fail closed). After a failure
 Redis is left alone for ``retry_interval`` seconds (operations fail at once
@@ -32,6 +33,8 @@ R = TypeVar("R")
 
 #: Seconds Redis is left alone after a failure before an operation tries it again.
 RETRY_INTERVAL = 1.0
+#: The slowest transfer of a stored result to or from Redis taken for a healthy one (a slow LAN or another zone).
+BULK_BYTES_PER_SECOND = 20e6
 
 
 class StateUnavailable(Exception):
@@ -62,6 +65,7 @@ class SharedState:
         fail_open: bool,
         timeout: float,
         where: str,
+        bulk_bytes: int = 0,
         on_error: ErrorListener | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_interval: float = RETRY_INTERVAL,
@@ -70,6 +74,7 @@ class SharedState:
         #: True: serve from in-process state while Redis is down; False: refuse what needs it.
         self.fail_open = fail_open
         self._timeout = timeout
+        self._bulk_timeout = timeout + bulk_bytes / BULK_BYTES_PER_SECOND
         self._where = where
         self._on_error = on_error
         self._clock = clock
@@ -79,18 +84,27 @@ class SharedState:
 
     @classmethod
     def from_url(
-        cls, url: str, *, fail_open: bool, timeout: float, on_error: ErrorListener | None = None
+        cls,
+        url: str,
+        *,
+        fail_open: bool,
+        timeout: float,
+        bulk_bytes: int = 0,
+        on_error: ErrorListener | None = None,
     ) -> SharedState:
         """A shared state on the Redis at ``url`` (no connection is made until the first operation)."""
         client = Redis.from_url(
             url,
-            socket_timeout=timeout,
+            # The asyncio timeout in run() bounds each operation; the socket's is only a backstop.
+            socket_timeout=timeout + bulk_bytes / BULK_BYTES_PER_SECOND,
             socket_connect_timeout=timeout,
             # One immediate retry: after a Redis restart, pooled connections fail once on first use.
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
-        return cls(client, fail_open=fail_open, timeout=timeout, where=redacted(url), on_error=on_error)
+        return cls(
+            client, fail_open=fail_open, timeout=timeout, where=redacted(url), bulk_bytes=bulk_bytes, on_error=on_error
+        )
 
     @property
     def up(self) -> bool:
@@ -106,13 +120,14 @@ class SharedState:
         """A Lua script run with EVALSHA (loaded again by itself after a Redis restart)."""
         return self._client.register_script(lua)
 
-    async def run(self, operation: str, call: Callable[[Redis], Awaitable[R]]) -> R:
-        """``call(client)`` within the timeout; :class:`StateUnavailable` if Redis does not serve it."""
+    async def run(self, operation: str, call: Callable[[Redis], Awaitable[R]], *, bulk: bool = False) -> R:
+        """``call(client)`` within the timeout (longer with ``bulk``: it may move a stored result);
+        :class:`StateUnavailable` if Redis does not serve it."""
         if self._down and self._clock() < self._retry_at:
             self._count(operation)
             raise StateUnavailable(operation)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._bulk_timeout if bulk else self._timeout):
                 result = await call(self._client)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(operation, exc)

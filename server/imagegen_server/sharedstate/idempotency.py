@@ -174,6 +174,7 @@ class RedisIdempotencyStore(Generic[T]):
                 lambda client: self._claim(
                     keys=remote.keys(), args=[remote.fingerprint, remote.token, self._lease_ms], client=client
                 ),
+                bulk=True,
             )
         except StateUnavailable:
             if not self._state.fail_open:
@@ -273,6 +274,7 @@ class RedisIdempotencyStore(Generic[T]):
                     lambda client: self._poll(
                         keys=remote.keys(f"fail:{remote.token}"), args=[remote.token], client=client
                     ),
+                    bulk=True,
                 )
             except StateUnavailable:
                 if not self._state.fail_open:
@@ -309,7 +311,9 @@ class RedisIdempotencyStore(Generic[T]):
         keys = [f"{remote.name}:lease"] + ([] if suffix is None else [f"{remote.name}:{suffix}"])
         with contextlib.suppress(StateUnavailable):
             await self._state.run(
-                OPERATION, lambda client: self._finish(keys=keys, args=[remote.token, value, ms], client=client)
+                OPERATION,
+                lambda client: self._finish(keys=keys, args=[remote.token, value, ms], client=client),
+                bulk=len(value) > 0,
             )
 
     async def _keep_lease(self, remote: _Remote) -> None:

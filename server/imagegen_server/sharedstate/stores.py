@@ -41,7 +41,11 @@ def open_stores(config: ServerConfig, *, on_error: ErrorListener | None = None) 
     if config.state_url is None:
         raise ValueError("open_stores needs a state_url")
     state = SharedState.from_url(
-        config.state_url, fail_open=config.state_fail_mode == "open", timeout=config.state_timeout, on_error=on_error
+        config.state_url,
+        fail_open=config.state_fail_mode == "open",
+        timeout=config.state_timeout,
+        bulk_bytes=config.state_max_result_bytes,
+        on_error=on_error,
     )
     local: MemoryIdempotencyStore[image_pb2.Generation] = MemoryIdempotencyStore(
         ttl=config.idempotency_ttl,
