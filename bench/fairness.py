@@ -1,8 +1,8 @@
 """Issue 12's fairness figures: a second caller's median latency while another caller floods the gateway.
 
 Usage: ``python -m bench.fairness``. Loopback only, in-process server and emulator (every upstream call
-answers after 0.3 s), about a minute. Three runs, each measuring the steady caller (9 calls, one at a
-time) alone and then during a flood of 8 concurrent workers:
+answers after 0.5 s), about a minute. Three runs, each measuring the steady caller (9 calls, one at a
+time) alone and then during a flood of 16 concurrent workers:
 
 * ``quota``: the flooder has a quota (300/min, burst 10, 3 concurrent) and 4 upstream slots;
 * ``no quota, fair``: the flooder has no quota, 4 slots queued per caller (round-robin);
@@ -23,9 +23,9 @@ from imagegen_server.app import run_server
 from imagegen_server.config import ServerConfig
 from imagegen_server.emulator import Emulator
 
-LATENCY = 0.3
+LATENCY = 0.5
 STEADY_CALLS = 9
-WORKERS = 8
+WORKERS = 16
 
 
 class FifoSlots:
