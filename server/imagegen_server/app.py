@@ -87,16 +87,19 @@ class RunningServer:
         self.pipeline.draining = True
         await self.health.enter_graceful_shutdown()
         margin = _cut_off_margin(grace)
-        if not await self.pipeline.drained(grace - margin):
+        if not await self.pipeline.drained(grace - 2 * margin):
             ended = self.pipeline.cut_off()
             log.info("shutdown grace over: ended %d call(s) in flight with SHUTTING_DOWN", ended)
+            # Their statuses go out while they unwind; gRPC then has a margin more to send them.
+            await self.pipeline.drained(margin)
         await self.server.stop(margin)
 
 
 def _cut_off_margin(grace: float) -> float:
-    """How long before the end of the grace the pipeline ends its calls: time
-    for their statuses to go out before gRPC cancels whatever is left."""
-    return min(0.5, grace / 4)
+    """Twice this before the end of the grace the pipeline ends its calls: time
+    for them to unwind and for their statuses to go out before gRPC cancels
+    whatever is left."""
+    return min(0.5, grace / 5)
 
 
 @contextlib.asynccontextmanager

@@ -234,17 +234,23 @@ class Pipeline:
             async for event in self._call(
                 request, meta, method=method, history=history, time_remaining=time_remaining, previews=previews
             ):
+                if isinstance(event, image_pb2.Generation):
+                    # Done: its result is on its way out, a shutdown must not cut that.
+                    self._untrack(task)
                 yield event
         except asyncio.CancelledError:
-            if not self._cutting_off:
+            if not self._cutting_off or task not in self._calls:
                 raise  # the caller hung up or its deadline passed: nobody to tell
             # Our own cut-off at the end of the shutdown grace: say so, with details.
             task.uncancel()
             raise errors.shutting_down(meta) from None
         finally:
-            self._calls.discard(task)
-            if not self._calls:
-                self._idle.set()
+            self._untrack(task)
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._calls.discard(task)
+        if not self._calls:
+            self._idle.set()
 
     @property
     def in_flight(self) -> int:

@@ -45,6 +45,8 @@ async def _stream(stub: Stub, prompt: str) -> str:
 
 def _outcome(err: grpc.aio.AioRpcError) -> str:
     d = details_of(err)
+    if not d.reason:
+        return f"{d.code.name}: no details: {err.details()}"
     return f"{d.code.name}/{d.reason}/retry={d.retry_delay}/gen={bool(d.metadata.get('generationId'))}"
 
 
