@@ -467,6 +467,21 @@ async def test_timeouts_are_deadline_exceeded(
     assert ("idle timeout" in info.value.message) == ("idle_timeout" in client_kw)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "sse"])
+async def test_headers_then_silence_is_an_idle_timeout(upstream: Upstream, stream: bool) -> None:
+    async def headers_only(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream" if stream else "application/json"})
+        await resp.prepare(request)
+        await asyncio.sleep(30)
+        return resp
+
+    upstream.handler = headers_only
+    async with GeminiClient(upstream.url, KEY, idle_timeout=0.2) as client:
+        with pytest.raises(UpstreamError) as info:
+            await client.generate(request(), on_draft=_no_drafts if stream else None)
+    assert info.value.kind is ErrorKind.DEADLINE_EXCEEDED and "idle timeout" in info.value.message
+
+
 async def test_the_idle_timeout_does_not_bound_the_wait_for_headers(upstream: Upstream) -> None:
     # A unary answer's headers come only when the image is done: that wait is the call timeout's.
     async def slow_then_ok(request: web.Request) -> web.StreamResponse:
