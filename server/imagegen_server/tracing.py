@@ -9,10 +9,13 @@ by ``OTEL_TRACES_EXPORTER`` (``otlp``, the default, ``console``, ``none``)
 configured by their own ``OTEL_EXPORTER_OTLP_*`` variables, batched
 (``OTEL_BSP_*``).
 
-Spans follow the GenAI semantic conventions (v1.36 attributes):
-the RPC span (kind SERVER, continuing the caller's W3C ``traceparent``) is
-``gen_ai.operation.name = generate_content`` with ``gen_ai.provider.name`` /
-``gen_ai.system = gcp.gemini``, ``gen_ai.request.model``,
+Spans follow the GenAI semantic conventions, still in development: the v1.36
+attributes by default, the newer ones when ``OTEL_SEMCONV_STABILITY_OPT_IN``
+lists ``gen_ai_latest_experimental`` (as OpenTelemetry's own instrumentations
+do): the provider is ``gen_ai.system = gcp.gemini``, or
+``gen_ai.provider.name = gcp.gemini`` with the opt-in. The RPC span (kind
+SERVER, continuing the caller's W3C ``traceparent``) is
+``gen_ai.operation.name = generate_content`` with ``gen_ai.request.model``,
 ``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` /
 ``output_tokens``, the attempts and the retry stop reason; each upstream
 attempt is a CLIENT span under it with the same GenAI attributes, its failure
@@ -82,7 +85,13 @@ def start_tracing(config: ServerConfig, env: Mapping[str, str] | None = None) ->
     provider = TracerProvider(resource=Resource.create(attributes))
     for exporter in _exporters(env):
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    return Tracing(provider, owned=True)
+    return Tracing(provider, owned=True, latest_genai=_latest_genai(env))
+
+
+def _latest_genai(env: Mapping[str, str]) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the latest (experimental) GenAI conventions."""
+    opted = env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
+    return "gen_ai_latest_experimental" in (part.strip() for part in opted.split(","))
 
 
 def _exporters(env: Mapping[str, str]) -> list[Any]:
@@ -116,13 +125,16 @@ _TRACE: ContextVar[_RpcTrace | None] = ContextVar("imagegen_trace", default=None
 class Tracing(GenerationObserver):
     """Spans for RPCs (:meth:`rpc`) and, as a lifecycle observer, for their upstream attempts."""
 
-    def __init__(self, provider: TracerProvider, *, owned: bool = False) -> None:
+    def __init__(self, provider: TracerProvider, *, owned: bool = False, latest_genai: bool = False) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._provider = provider
         self._owned = owned
         self._tracer = provider.get_tracer("imagegen_server")
         self._propagator = TraceContextTextMapPropagator()
+        provider_key = "gen_ai.provider.name" if latest_genai else "gen_ai.system"
+        #: The GenAI attributes every generation span has (the conventions' version chosen at start).
+        self._genai = {"gen_ai.operation.name": OPERATION, provider_key: PROVIDER}
 
     @contextlib.contextmanager
     def rpc(self, method: str, metadata: Mapping[str, str], *, transport: str = "grpc") -> Iterator[RpcSpan]:
@@ -140,7 +152,7 @@ class Tracing(GenerationObserver):
             attributes["rpc.system"] = "grpc"
         generation = name not in _NOT_GENERATION
         if generation:
-            attributes.update(_genai())
+            attributes.update(self._genai)
         span = self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
         state = _RpcTrace(span, generation)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -172,7 +184,7 @@ class Tracing(GenerationObserver):
             context=trace.set_span_in_context(state.span),
             kind=trace.SpanKind.CLIENT,
             attributes={
-                **_genai(),
+                **self._genai,
                 "gen_ai.request.model": model,
                 "imagegen.attempt": attempt,
                 "imagegen.max_attempts": max_attempts,
@@ -268,7 +280,3 @@ class RpcSpan:
         if self.code and self.code != "OK":
             self._span.set_status(Status(StatusCode.ERROR, f"{self.code}: {self.message}".rstrip(": ")))
         self._span.end()
-
-
-def _genai() -> dict[str, str]:
-    return {"gen_ai.operation.name": OPERATION, "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER}

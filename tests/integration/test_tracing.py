@@ -22,7 +22,7 @@ from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.app import RunningServer, run_server
 from imagegen_server.config import ConfigError, ServerConfig
 from imagegen_server.emulator import Emulator
-from imagegen_server.tracing import Tracing, _exporters, start_tracing
+from imagegen_server.tracing import Tracing, _exporters, _latest_genai, start_tracing
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -73,7 +73,6 @@ async def test_rpc_span_continues_the_callers_trace_with_one_span_per_attempt(
     model = "gemini-3.1-flash-image"
     for key, value in {
         "gen_ai.operation.name": "generate_content",
-        "gen_ai.provider.name": "gcp.gemini",
         "gen_ai.system": "gcp.gemini",
         "gen_ai.request.model": model,
         "rpc.system": "grpc",
@@ -82,6 +81,7 @@ async def test_rpc_span_continues_the_callers_trace_with_one_span_per_attempt(
         "rpc.grpc.status_code": 0,
     }.items():
         assert _attrs(rpc)[key] == value, key
+    assert "gen_ai.provider.name" not in _attrs(rpc)  # the v1.36 conventions unless opted in
     assert _attrs(rpc)["gen_ai.response.model"] and _attrs(rpc)["gen_ai.usage.output_tokens"] > 0
     assert rpc.status.status_code == StatusCode.UNSET
     assert first.name == f"generate_content {model}" and first.status.status_code == StatusCode.ERROR
@@ -129,6 +129,20 @@ def test_tracing_is_off_unless_asked() -> None:
     tracing = start_tracing(ServerConfig(), env={"OTEL_TRACES_EXPORTER": "console"})
     assert tracing is not None
     tracing.shutdown()
+
+
+async def test_latest_genai_conventions_on_opt_in(server_config: ServerConfig, exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with (
+        run_server(server_config, tracing=Tracing(provider, latest_genai=True)) as server,
+        grpc.aio.insecure_channel(server.target) as channel,
+    ):
+        await pb_grpc.ImageGenerationServiceStub(channel).Generate(pb.GenerateRequest(prompt="a cat"))
+    for span in exporter.get_finished_spans():
+        assert _attrs(span)["gen_ai.provider.name"] == "gcp.gemini" and "gen_ai.system" not in _attrs(span)
+    assert _latest_genai({"OTEL_SEMCONV_STABILITY_OPT_IN": "http, gen_ai_latest_experimental"})
+    assert not _latest_genai({"OTEL_SEMCONV_STABILITY_OPT_IN": "http"}) and not _latest_genai({})
 
 
 def test_exporters_come_from_otel_traces_exporter() -> None:
