@@ -165,6 +165,8 @@ class CircuitBreaker:
         self._store: BreakerStore = store or InMemoryBreakerStore()
         self._clock = clock
         self._listener = listener
+        #: The state last reported per model, so a change made by another replica (shared store) is reported too.
+        self._seen: dict[str, CircuitState] = {}
 
     async def state(self, model: str) -> BreakerState:
         """The current state of ``model``'s circuit."""
@@ -177,6 +179,7 @@ class CircuitBreaker:
         while True:
             now = self._clock()
             current = await self._store.get(model)
+            self._observe(model, current, now)
             if current.state is CircuitState.CLOSED:
                 return Admission(allowed=True)
             if current.state is CircuitState.OPEN and now < current.open_until:
@@ -203,6 +206,7 @@ class CircuitBreaker:
             return None
         now = self._clock()
         current = await self._store.get(model)
+        self._observe(model, current, now)
         if current.state is CircuitState.OPEN and now < current.open_until:
             return current.open_until - now
         if current.state is CircuitState.HALF_OPEN and now < current.probe_until:
@@ -280,7 +284,13 @@ class CircuitBreaker:
                     self._changed(model, new.state, max(new.open_until - now, 0.0))
                 return
 
+    def _observe(self, model: str, current: BreakerState, now: float) -> None:
+        """Report a state another replica put in a shared store, the first time this one sees it."""
+        if self._seen.get(model, CircuitState.CLOSED) is not current.state:
+            self._changed(model, current.state, max(current.open_until - now, 0.0))
+
     def _changed(self, model: str, state: CircuitState, retry_after: float) -> None:
+        self._seen[model] = state
         if state is CircuitState.OPEN:
             log.warning("circuit of %s OPEN: calls fail fast for %.1fs, then one probe", model, retry_after)
         elif state is CircuitState.CLOSED:

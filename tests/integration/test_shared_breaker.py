@@ -13,7 +13,7 @@ import pytest
 
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
-from imagegen_server.breaker import BreakerPolicy, CircuitBreaker, CircuitState
+from imagegen_server.breaker import BreakerPolicy, CircuitBreaker, CircuitListener, CircuitState
 from imagegen_server.emulator import Emulator
 from imagegen_server.sharedstate.breaker import RedisBreakerStore
 from imagegen_server.sharedstate.connection import SharedState
@@ -26,14 +26,14 @@ POLICY = BreakerPolicy(failure_threshold=2, open_seconds=0.5, max_open_seconds=2
 
 
 @pytest.fixture
-async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[[], CircuitBreaker]]:
+async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[..., CircuitBreaker]]:
     """Breakers as separate replicas would have them (own clients)."""
     states: list[SharedState] = []
 
-    def make() -> CircuitBreaker:
+    def make(listener: CircuitListener | None = None) -> CircuitBreaker:
         state = SharedState.from_url(redis_server.url, fail_open=True, timeout=0.5)
         states.append(state)
-        return CircuitBreaker(POLICY, store=RedisBreakerStore(state, ttl=60), clock=time.time)
+        return CircuitBreaker(POLICY, store=RedisBreakerStore(state, ttl=60), clock=time.time, listener=listener)
 
     yield make
     for state in states:
@@ -41,9 +41,11 @@ async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[[], 
 
 
 async def test_a_circuit_opened_on_one_replica_fails_fast_on_the_other_and_one_probe_closes_it(
-    make_breaker: Callable[[], CircuitBreaker],
+    make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    a, b = make_breaker(), make_breaker()
+    seen_by_a: list[CircuitState] = []
+    a = make_breaker(lambda model, state, retry_after: seen_by_a.append(state))
+    b = make_breaker()
     await a.request_failed(MODEL)
     await b.request_failed(MODEL)  # failures count across replicas: two in a row, one on each
     assert (await a.state(MODEL)).state is CircuitState.OPEN
@@ -55,10 +57,13 @@ async def test_a_circuit_opened_on_one_replica_fails_fast_on_the_other_and_one_p
     assert not (await a.admit(MODEL)).allowed, "one probe for all replicas"
     await b.served(MODEL)
     assert (await a.admit(MODEL)).allowed and (await a.state(MODEL)).state is CircuitState.CLOSED
+    # A replica reports (to its metrics and log) each state it meets, also when another replica made it:
+    # a only looked while b probed, and after.
+    assert seen_by_a == [CircuitState.HALF_OPEN, CircuitState.CLOSED]
 
 
 async def test_without_redis_each_replica_keeps_its_own_breaker(
-    make_breaker: Callable[[], CircuitBreaker], redis_server: RedisServer
+    make_breaker: Callable[..., CircuitBreaker], redis_server: RedisServer
 ) -> None:
     a, b = make_breaker(), make_breaker()
     await redis_server.astop()
