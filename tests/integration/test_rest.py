@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -324,3 +326,33 @@ async def test_rest_port_serves_replaced_certificates_without_restart(
         stat = server_cert.key_path.stat()
         os.utime(server_cert.key_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         assert await trusted(new_trust) and not await trusted(old_trust)
+
+
+@pytest.mark.parametrize("path", ["/v1/images:generateStream", "/v1/images:generate"])
+async def test_a_caller_hanging_up_aborts_the_upstream_call(
+    make_server: ServerFactory, emulator: Emulator, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="imagegen_server.access")
+    slow = emulator.scenario("latency:30+ok")
+    async with make_server(http_port=0) as server, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{server.http_port}{path}"
+        body = {"prompt": f"a fox {slow.marker}"}
+        if "Stream" in path:
+            resp = await http.post(url, json=body)
+            assert (await resp.content.readline()).startswith(b"event: accepted")
+            await slow.wait_for(lambda s: s.received == 1, timeout=10.0)
+            resp.close()  # hang up mid-stream
+        else:
+            request = asyncio.ensure_future(http.post(url, json=body))
+            await slow.wait_for(lambda s: s.received == 1, timeout=10.0)
+            request.cancel()  # the connection closes under the waiting response
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        await slow.wait_for(lambda s: s.aborted == 1, timeout=5.0)
+        for _ in range(200):  # bounded: the access line follows the abort
+            if any(getattr(r, "code", "") == "CANCELLED" for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        method = "imagegen.v1.ImageGenerationService/" + ("GenerateStream" if "Stream" in path else "Generate")
+        assert server.metrics.registry.get_sample_value("imagegen_rpcs_in_flight", {"method": method}) == 0
+    assert any(getattr(r, "code", "") == "CANCELLED" for r in caplog.records)
