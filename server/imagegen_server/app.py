@@ -18,7 +18,6 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from imagegen.v1 import image_generation_service_pb2 as pb
-from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.access import AccessInterceptor
 from imagegen_server.auth import Authenticator, TokensFile
 from imagegen_server.config import GOOGLE_BASE_URL, ServerConfig, is_loopback
@@ -39,7 +38,7 @@ from imagegen_server.ports import CannotListenError, check_bindable, describe_bi
 from imagegen_server.quotas import CallerLimiter, LocalCallerLimiter
 from imagegen_server.reflection import enable_reflection
 from imagegen_server.rest import RestGateway
-from imagegen_server.service import ImageGenerationServicer
+from imagegen_server.service import ImageGenerationServicer, add_to_server
 from imagegen_server.sharedstate.stores import SharedStores, open_stores
 from imagegen_server.tls import CertificateFiles
 from imagegen_server.tracing import Tracing, start_tracing
@@ -175,7 +174,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
         access = _access(config, authenticator, shared.limiter if shared is not None else LocalCallerLimiter())
         server = _grpc_server(config, rpc_observer, access)
         servicer = ImageGenerationServicer(pipeline, config)
-        pb_grpc.add_ImageGenerationServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha

@@ -138,11 +138,12 @@ def generation(
     requested_model: str = "",
     fallback_reason: image_pb2.FallbackReason.ValueType = image_pb2.FALLBACK_REASON_UNSPECIFIED,
 ) -> image_pb2.Generation:
-    """The finished Generation: ``result`` as answered to ``request`` (by a fallback model when ``fallback_reason``)."""
-    return image_pb2.Generation(
-        image=image_pb2.Image(
-            data=result.image.data, mime_type=result.image.mime_type, width=result.width, height=result.height
-        ),
+    """The finished Generation: ``result`` as answered to ``request`` (by a fallback model when ``fallback_reason``).
+
+    The image's bytes are copied once, straight into the message (an ``Image``
+    built first and passed in would be copied a second time).
+    """
+    message = image_pb2.Generation(
         generation_id=generation_id,
         seed=request.seed or 0,
         model=request.model,
@@ -166,6 +167,11 @@ def generation(
         request_id=request_id,
         response_id=result.response_id,
     )
+    image = message.image
+    image.data = result.image.data
+    image.mime_type = result.image.mime_type
+    image.width, image.height = result.width, result.height
+    return message
 
 
 def model_turn(result: UpstreamResult, generation_id: str) -> image_pb2.Turn:

@@ -416,7 +416,11 @@ class Pipeline:
                 finally:
                     await _settle(task)
                 if outcome is not None:
-                    yield self._finished(call, upstream, outcome, reason)
+                    generation = self._finished(call, upstream, outcome, reason)
+                    # The decoded image now lives in the Generation; the upstream result
+                    # (held by the task too) must not stay alive while it is sent.
+                    del task, outcome
+                    yield generation
                     return
                 index += 1
                 self._fell_back(call, upstream.model, candidates[index].model, reason)

@@ -3,13 +3,18 @@
 Each RPC hands its request to :meth:`Pipeline.events`; the unary RPCs keep only
 the final ``Generation``, the streaming ones wrap every event into a stream
 response. Every failure becomes a proper status here (never UNKNOWN).
+
+:func:`add_to_server` registers the servicer so that each response is
+serialized as soon as it is made and the message dropped: gRPC keeps what a
+handler returns or yields alive until it is sent, which for a slow caller is
+a while, and a final image should wait as one serialized copy, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -49,20 +54,18 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServiceServicer):
         generation = await self._final(request, context, "Refine", history)
         return pb.RefineResponse(generation=generation)
 
-    async def GenerateStream(
+    def GenerateStream(
         self, request: pb.GenerateStreamRequest, context: Ctx
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         """Generate with progress events."""
-        async for msg in self._stream(request, context, "Generate", None, pb.GenerateStreamResponse):
-            yield msg
+        # The stream itself, not a loop forwarding it: a forwarding frame would
+        # hold each message (the final image) while gRPC sends it.
+        return self._stream(request, context, "Generate", None, pb.GenerateStreamResponse)
 
-    async def RefineStream(
-        self, request: pb.RefineStreamRequest, context: Ctx
-    ) -> AsyncIterator[pb.RefineStreamResponse]:
+    def RefineStream(self, request: pb.RefineStreamRequest, context: Ctx) -> AsyncIterator[pb.RefineStreamResponse]:
         """Refine with progress events."""
         history = with_history_images(request.history, request.history_images)
-        async for msg in self._stream(request, context, "Refine", history, pb.RefineStreamResponse):
-            yield msg
+        return self._stream(request, context, "Refine", history, pb.RefineStreamResponse)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:
         """The allowed models and what each supports."""
@@ -100,8 +103,20 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServiceServicer):
         history: Sequence[image_pb2.Turn] | None,
         wrap: type[StreamMessage],
     ) -> AsyncIterator[StreamMessage]:
-        async for event in self._guarded(request, context, method, history, previews=True):
-            yield stream_message(event, wrap)
+        events = self._guarded(request, context, method, history, previews=True)
+        async for event in events:
+            if not isinstance(event, image_pb2.Generation):
+                yield stream_message(event, wrap)
+                continue
+            # The last event. The pipeline finishes before it is sent, so that
+            # its frames drop the Generation (the message holds a copy), and the
+            # message is handed on without a reference kept here: while a slow
+            # caller reads, only its serialized bytes wait (see add_to_server).
+            final = [stream_message(event, wrap)]
+            del event
+            async for _ in events:
+                pass  # pragma: no cover - nothing follows the Generation
+            yield final.pop()
 
     async def _guarded(
         self,
@@ -135,3 +150,47 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServiceServicer):
     @staticmethod
     async def _abort(context: Ctx, err: ServiceError) -> None:
         await context.abort_with_status(err.to_grpc_status())
+
+
+def add_to_server(servicer: ImageGenerationServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer``'s RPCs on ``server``, each response serialized as soon as it is made.
+
+    Like the generated ``add_ImageGenerationServiceServicer_to_server``, but
+    gRPC gets bytes: a handler's return value (or each yielded message) stays
+    referenced until it has been sent, so handing gRPC the message would keep
+    the image twice (message and serialized bytes) for as long as a slow
+    caller takes to read it.
+    """
+    service = pb.DESCRIPTOR.services_by_name["ImageGenerationService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, bytes]] = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _serialized_stream(behaviour), request_deserializer=request_type.FromString
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _serialized_unary(behaviour), request_deserializer=request_type.FromString
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _serialized_unary(method: Callable[[Any, Ctx], Awaitable[Any]]) -> Callable[[Any, Ctx], Awaitable[bytes]]:
+    async def serialized(request: Any, context: Ctx) -> bytes:
+        data: bytes = (await method(request, context)).SerializeToString()
+        return data
+
+    return serialized
+
+
+def _serialized_stream(method: Callable[[Any, Ctx], AsyncIterator[Any]]) -> Callable[[Any, Ctx], AsyncIterator[bytes]]:
+    async def serialized(request: Any, context: Ctx) -> AsyncIterator[bytes]:
+        async for message in method(request, context):
+            data: bytes = message.SerializeToString()
+            del message  # not kept alive while gRPC sends ``data``
+            yield data
+
+    return serialized

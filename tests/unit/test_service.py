@@ -19,7 +19,7 @@ from imagegen_server.gemini.types import InlineImage, Part, UpstreamRequest, Ups
 from imagegen_server.lifecycle import GenerationObserver
 from imagegen_server.pipeline import Pipeline
 from imagegen_server.retry import RetryDecision
-from imagegen_server.service import ImageGenerationServicer
+from imagegen_server.service import ImageGenerationServicer, add_to_server
 from tests.integration.status_helpers import details_of
 
 
@@ -113,9 +113,7 @@ def recorder() -> Recorder:
 async def stub(upstream: FakeUpstream, recorder: Recorder) -> AsyncIterator[pb_grpc.ImageGenerationServiceStub]:
     config = replace(ServerConfig(), heartbeat_interval=0.05, initial_backoff=0.01)
     server = grpc.aio.server()
-    pb_grpc.add_ImageGenerationServiceServicer_to_server(
-        ImageGenerationServicer(Pipeline(config, upstream, observer=recorder), config), server
-    )
+    add_to_server(ImageGenerationServicer(Pipeline(config, upstream, observer=recorder), config), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -19,6 +19,9 @@ in case upstream or a proxy echoes it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +34,7 @@ from imagegen_server.gemini.errors import ErrorKind, UpstreamError
 from imagegen_server.gemini.failures import classify_http_error
 from imagegen_server.gemini.redaction import KeyScrubber
 from imagegen_server.gemini.request import build_url, encode_request
-from imagegen_server.gemini.response import ResponseAccumulator, parse_response
+from imagegen_server.gemini.response import ResponseAccumulator, load_json, parse_response
 from imagegen_server.gemini.sse import SSEError, SSEParser
 from imagegen_server.gemini.types import InlineImage, UpstreamRequest, UpstreamResult
 
@@ -42,12 +45,16 @@ logger = logging.getLogger(__name__)
 #: Called with each ``thought: true`` draft image as it arrives on a stream.
 DraftCallback = Callable[[InlineImage], None]
 
-#: JSON bodies and SSE events larger than this are parsed in a worker thread.
-#: orjson and pybase64 take about 1 ms for a 1K image's 2 MB, less than the
-#: hand-off to a thread and back costs under load, so those stay on the loop;
-#: a 4K image's 29 MB takes about 45 ms, which would stall every other
-#: request (in a thread the loop gets the GIL back every switch interval).
+#: JSON bodies and SSE events larger than this are parsed in the client's
+#: parsing thread. orjson and pybase64 take about 1 ms for a 1K image's 2 MB,
+#: less than the hand-off to a thread and back costs under load, so those stay
+#: on the loop; a 4K image's 29 MB takes about 45 ms, which would stall every
+#: other request (in a thread the loop gets the GIL back every switch interval).
 _THREAD_THRESHOLD: Final = 4 * 1024 * 1024
+
+#: How many large unary bodies are read and parsed at once (one parsing, the
+#: next ones arriving).
+_LARGE_BODIES: Final = 3
 
 _USER_AGENT: Final = f"imagegen-server aiohttp/{aiohttp.__version__}"
 
@@ -95,6 +102,16 @@ class GeminiClient:
         self._idle_timeout = idle_timeout
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # One thread: parses hold the GIL anyway, and each holds a large body
+        # three times over (JSON, its base64 text, the image), so running
+        # several at once only multiplies the memory.
+        self._parser = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemini-parse")
+        # Unary bodies above the thread threshold (2K and 4K images) being read
+        # or parsed at once. With 64 answers of 29 MB arriving together, reading
+        # all of them while the parser works through them one by one held each
+        # body in memory for most of the burst (2.8x the image per request,
+        # against 1.7x when bounded); the others wait in their sockets.
+        self._large_bodies = asyncio.Semaphore(_LARGE_BODIES)
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "unset"
@@ -128,6 +145,7 @@ class GeminiClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        self._parser.shutdown(wait=False, cancel_futures=True)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -238,45 +256,54 @@ class GeminiClient:
         if self._api_key:
             headers["x-goog-api-key"] = self._api_key
         model = request.model
-        try:
-            # ``async with`` is what aborts the request on cancellation: leaving
-            # the block with an unread body closes the connection rather than
-            # returning it to the pool.
-            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                logger.debug("Gemini answered HTTP %d (%s)", resp.status, resp.content_type)
-                if on_draft is not None and 200 <= resp.status < 300:
-                    return await self._read_stream(resp, model, on_draft)
-                raw = await self._read_body(resp)
-                status, reason, resp_headers = resp.status, resp.reason or "", resp.headers
-        except _IdleTimeout:
-            raise UpstreamError(
-                ErrorKind.DEADLINE_EXCEEDED,
-                f"Gemini's answer stalled: no bytes for {self._idle_timeout:g}s (idle timeout)",
-                model=model,
-            ) from None
-        except aiohttp.ServerTimeoutError as exc:
-            raise UpstreamError(
-                ErrorKind.DEADLINE_EXCEEDED,
-                f"timed out waiting for Gemini ({type(exc).__name__}: {exc})",
-                model=model,
-            ) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(
-                ErrorKind.UNAVAILABLE,
-                f"Gemini's answer was cut short ({type(exc).__name__}: {exc})",
-                model=model,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            # ClientConnectorError (refused, DNS), ServerDisconnectedError,
-            # ClientOSError (reset) and friends: the next attempt may well work.
-            raise UpstreamError(
-                ErrorKind.UNAVAILABLE,
-                f"cannot talk to Gemini at {self._base_url} ({type(exc).__name__}: {exc})",
-                model=model,
-            ) from None
-        if not 200 <= status < 300:
-            raise classify_http_error(status, bytes(raw), _plain(resp_headers), model=model, reason_phrase=reason)
-        return await self._in_thread_if(len(raw) > _THREAD_THRESHOLD, parse_response, raw, model=model)
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                # ``async with`` is what aborts the request on cancellation: leaving
+                # the block with an unread body closes the connection rather than
+                # returning it to the pool.
+                async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    logger.debug("Gemini answered HTTP %d (%s)", resp.status, resp.content_type)
+                    if on_draft is not None and 200 <= resp.status < 300:
+                        return await self._read_stream(resp, model, on_draft)
+                    if (resp.content_length or 0) > _THREAD_THRESHOLD:
+                        # A large body is read only when one of a few slots is free:
+                        # the parse is the bottleneck, and bodies read ahead of it
+                        # would wait in memory, not in the socket (see __init__).
+                        await held.enter_async_context(self._large_bodies)
+                    raw = await self._read_body(resp)
+                    status, reason, resp_headers = resp.status, resp.reason or "", resp.headers
+            except _IdleTimeout:
+                raise UpstreamError(
+                    ErrorKind.DEADLINE_EXCEEDED,
+                    f"Gemini's answer stalled: no bytes for {self._idle_timeout:g}s (idle timeout)",
+                    model=model,
+                ) from None
+            except aiohttp.ServerTimeoutError as exc:
+                raise UpstreamError(
+                    ErrorKind.DEADLINE_EXCEEDED,
+                    f"timed out waiting for Gemini ({type(exc).__name__}: {exc})",
+                    model=model,
+                ) from None
+            except aiohttp.ClientPayloadError as exc:
+                raise UpstreamError(
+                    ErrorKind.UNAVAILABLE,
+                    f"Gemini's answer was cut short ({type(exc).__name__}: {exc})",
+                    model=model,
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                # ClientConnectorError (refused, DNS), ServerDisconnectedError,
+                # ClientOSError (reset) and friends: the next attempt may well work.
+                raise UpstreamError(
+                    ErrorKind.UNAVAILABLE,
+                    f"cannot talk to Gemini at {self._base_url} ({type(exc).__name__}: {exc})",
+                    model=model,
+                ) from None
+            if not 200 <= status < 300:
+                raise classify_http_error(status, raw, _plain(resp_headers), model=model, reason_phrase=reason)
+            large = len(raw) > _THREAD_THRESHOLD
+            document = await self._in_thread_if(large, load_json, raw, model=model)
+            del raw  # the JSON text is not needed while the image is decoded
+            return await self._in_thread_if(large, parse_response, document, model=model)
 
     async def _read_stream(
         self,
@@ -310,16 +337,17 @@ class GeminiClient:
                 raise _IdleTimeout from None
             raise
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytearray:
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         """The whole body, each wait for bytes bounded by ``idle_timeout``.
 
-        Collected in one growing buffer, which the JSON parser reads in place:
-        a list of chunks joined at the end would hold the body twice at once.
+        Chunks joined once at the end: a buffer of the announced length made
+        up front would hold every in-flight body in full from its first byte,
+        and a growing one copies the body several times.
         """
-        body = bytearray()
+        chunks: list[bytes] = []
         while chunk := await self._next_chunk(resp):
-            body += chunk
-        return body
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _stream_event(self, acc: ResponseAccumulator, payload: str, on_draft: DraftCallback) -> None:
         drafts = await self._in_thread_if(len(payload) > _THREAD_THRESHOLD, acc.add_json, payload)
@@ -333,10 +361,10 @@ class GeminiClient:
                 # from the callback is not mistaken for a network failure.
                 raise _DraftCallbackError(exc) from exc
 
-    @staticmethod
-    async def _in_thread_if(condition: bool, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> _T:
+    async def _in_thread_if(self, condition: bool, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> _T:
         if condition:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            call = functools.partial(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._parser, call)
         return fn(*args, **kwargs)
 
 

@@ -32,7 +32,7 @@ from imagegen_server.gemini.failures import (
 from imagegen_server.gemini.types import InlineImage, Part, UpstreamResult, Usage
 from imagegen_server.imagetypes import probe_image
 
-__all__ = ["BLOCK_FINISH_REASONS", "ResponseAccumulator", "decode_base64", "parse_response"]
+__all__ = ["BLOCK_FINISH_REASONS", "ResponseAccumulator", "decode_base64", "load_json", "parse_response"]
 
 #: finishReasons that mean the output was filtered (side "output").
 BLOCK_FINISH_REASONS = frozenset(
@@ -97,6 +97,16 @@ def decode_base64(value: Any, what: str = "data", *, model: str = "") -> bytes:
         raise _malformed(f"{what} is not valid base64", model) from None
 
 
+def load_json(text: str | bytes | bytearray | memoryview, *, model: str = "") -> Any:
+    """Decode a JSON answer; invalid JSON raises a MALFORMED :class:`UpstreamError`."""
+    try:
+        # orjson reads bytes, bytearray and str in place and parses a 2 MB
+        # body about twice as fast as the standard library.
+        return orjson.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _malformed(f"invalid JSON ({_quote(str(exc), 120)})", model) from None
+
+
 # ---------------------------------------------------------------------------
 # Successful answers (unary body or SSE chunks)
 # ---------------------------------------------------------------------------
@@ -134,13 +144,7 @@ class ResponseAccumulator:
 
     def add_json(self, text: str | bytes | bytearray | memoryview) -> list[InlineImage]:
         """Parse one JSON response text and :meth:`add` it."""
-        try:
-            # orjson reads bytes, bytearray and str in place and parses a 2 MB
-            # body about twice as fast as the standard library.
-            obj = orjson.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise _malformed(f"invalid JSON ({_quote(str(exc), 120)})", self._model) from None
-        return self.add(obj)
+        return self.add(load_json(text, model=self._model))
 
     def add(self, response: Any) -> list[InlineImage]:
         """Merge one decoded response; return the ``thought: true`` images in it.

@@ -46,10 +46,10 @@ class SSEParser:
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
-        self._buf = bytearray()
-        # Where to resume the newline search, so a 30 MB line arriving in 64 KB
-        # pieces is scanned once, not once per piece.
-        self._scan_from = 0
+        # The pieces of a line not finished yet, and their size: a 30 MB line
+        # arriving in 64 KB pieces is joined once, when its newline comes.
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
         self._data: list[str] = []
         self._data_size = 0
         self._raw: list[str] = []
@@ -59,19 +59,22 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[str]:
         """Consume ``chunk`` and return the payloads it completed, in order."""
         out: list[str] = []
-        buf = self._buf
-        buf += chunk
+        if not isinstance(chunk, bytes):
+            chunk = bytes(chunk)
         start = 0
-        while (newline := buf.find(b"\n", max(start, self._scan_from))) >= 0:
-            end = newline - 1 if newline > start and buf[newline - 1] == 0x0D else newline
-            self._take(start, end, out)
+        while (newline := chunk.find(b"\n", start)) >= 0:
+            if self._pending:
+                self._pending.append(memoryview(chunk)[start:newline])
+                self._take_pending(out)
+            else:
+                end = newline - 1 if newline > start and chunk[newline - 1] == 0x0D else newline
+                self._take(chunk, start, end, out)
             start = newline + 1
-        # Lines are decoded straight from the buffer (a 30 MB line is copied
-        # once, into its str), then dropped from its front in one go.
-        del buf[:start]
-        self._scan_from = len(buf)
-        if len(buf) > self._max:
-            raise SSEError(f"SSE line longer than {self._max} bytes")
+        if start < len(chunk):
+            self._pending.append(memoryview(chunk)[start:] if start else chunk)
+            self._pending_size += len(chunk) - start
+            if self._pending_size > self._max:
+                raise SSEError(f"SSE line longer than {self._max} bytes")
         return out
 
     def close(self) -> list[str]:
@@ -80,19 +83,21 @@ class SSEParser:
         Raises :class:`SSEError` if a raw JSON body was cut off mid-object.
         """
         out: list[str] = []
-        if self._buf:
-            end = len(self._buf) - 1 if self._buf.endswith(b"\r") else len(self._buf)
-            self._take(0, end, out)
-            self._buf.clear()
-            self._scan_from = 0
+        if self._pending:
+            self._take_pending(out)
         self._flush_data(out)
         if self._raw:
             raise SSEError("stream ended inside a JSON body (unbalanced braces)")
         return out
 
-    def _take(self, start: int, end: int, out: list[str]) -> None:
-        """Handle the line ``self._buf[start:end]`` (its end of line removed)."""
-        buf = self._buf
+    def _take_pending(self, out: list[str]) -> None:
+        line = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        self._take(line, 0, len(line) - 1 if line.endswith(b"\r") else len(line), out)
+
+    def _take(self, buf: bytes, start: int, end: int, out: list[str]) -> None:
+        """Handle the line ``buf[start:end]`` (its end of line removed)."""
         if not self._raw and buf.startswith(b"data:", start, end):
             # The common case, an event's data: decoded once, without the prefix.
             begin = start + 5
@@ -103,10 +108,9 @@ class SSEParser:
         self._line(self._decode(buf, start, end), out)
 
     @staticmethod
-    def _decode(buf: bytearray, start: int, end: int) -> str:
+    def _decode(buf: bytes, start: int, end: int) -> str:
         try:
-            with memoryview(buf) as view:
-                return str(view[start:end], "utf-8")
+            return str(memoryview(buf)[start:end], "utf-8")
         except UnicodeDecodeError as exc:
             raise SSEError(f"SSE line is not UTF-8: {exc.reason}") from None
 
