@@ -397,7 +397,9 @@ _OUTCOME: ContextVar[RpcOutcome | None] = ContextVar("imagegen_rpc_outcome", def
 
 
 def message_size(message: Any) -> int:
-    """The encoded size of a protobuf message (0 for anything else)."""
+    """The encoded size of a protobuf message, or of one already serialized (0 for anything else)."""
+    if isinstance(message, bytes):  # service.add_to_server hands gRPC serialized responses
+        return len(message)
     size = getattr(message, "ByteSize", None)
     return int(size()) if callable(size) else 0
 
