@@ -115,13 +115,16 @@ async def test_unknown_field_violations_are_forwarded(stub: Stub, emulator: Emul
     assert d.fields
 
 
-async def test_deadline_shorter_than_retry_delay_fails_fast(stub: Stub, emulator: Emulator) -> None:
-    scenario = emulator.scenario("rate_limit:3")
-    started = time.monotonic()
-    d = await fail(stub, f"x {scenario.marker}", timeout=1.0)
-    assert time.monotonic() - started < 0.8, "must not sleep toward a wait that passes the deadline"
+async def test_deadline_shorter_than_retry_delay_fails_fast(make_server: ServerFactory, emulator: Emulator) -> None:
+    # A 30 s RetryInfo (honoured up to 60 s) against a 20 s deadline: answering takes milliseconds,
+    # sleeping toward the deadline would take ~20 s; the 5 s bound tells them apart on any machine.
+    scenario = emulator.scenario("rate_limit:30")
+    async with make_server(max_upstream_delay=60.0) as server, grpc.aio.insecure_channel(server.target) as channel:
+        started = time.monotonic()
+        d = await fail(Stub(channel), f"x {scenario.marker}", timeout=20.0)
+        assert time.monotonic() - started < 5.0, "must not sleep toward a wait that passes the deadline"
     assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED")
-    assert d.retry_delay == pytest.approx(3.0)
+    assert d.retry_delay == pytest.approx(30.0)
     assert scenario.stats.received == 1
     assert d.metadata["stopReason"] == "deadline"
 
@@ -146,14 +149,15 @@ async def test_wrong_api_key_configured_is_upstream_auth(make_server: ServerFact
 async def test_concurrency_limit_answers_overloaded_with_retry_info(
     make_server: ServerFactory, emulator: Emulator
 ) -> None:
-    slow = emulator.scenario("latency:1+ok")
+    # The first call holds the only slot for 2 s, twenty times the 0.1 s queue timeout.
+    slow = emulator.scenario("latency:2+ok")
     async with (
         make_server(max_concurrency=1, queue_timeout=0.1) as server,
         grpc.aio.insecure_channel(server.target) as channel,
     ):
         stub = Stub(channel)
         first = asyncio.ensure_future(stub.Generate(pb.GenerateRequest(prompt=f"x {slow.marker}"), timeout=10))
-        await asyncio.sleep(0.2)
+        await slow.wait_for(lambda s: s.received == 1)  # the first call holds the slot
         d = await fail(stub, "y")
         assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
         assert d.retry_delay is not None and d.retry_delay > 0
@@ -161,35 +165,32 @@ async def test_concurrency_limit_answers_overloaded_with_retry_info(
 
 
 async def test_cancel_aborts_the_upstream_request(stub: Stub, emulator: Emulator) -> None:
-    scenario = emulator.scenario("latency:5+ok")
-    call = stub.Generate(pb.GenerateRequest(prompt=f"x {scenario.marker}"), timeout=10)
-    for _ in range(100):
-        if scenario.stats.received:
-            break
-        await asyncio.sleep(0.01)
-    assert scenario.stats.received == 1
+    # Upstream would answer after 30 s; the abort must reach it long before (milliseconds, in fact).
+    scenario = emulator.scenario("latency:30+ok")
+    call = stub.Generate(pb.GenerateRequest(prompt=f"x {scenario.marker}"), timeout=60)
+    await scenario.wait_for(lambda s: s.received == 1)
     cancelled_at = time.monotonic()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    while not scenario.stats.aborted and time.monotonic() - cancelled_at < 1.0:  # noqa: ASYNC110 - polls a counter
-        await asyncio.sleep(0.005)
-    assert scenario.stats.aborted == 1
-    assert time.monotonic() - cancelled_at < 0.1, "upstream must see the connection close within 100 ms"
+    await scenario.wait_for(lambda s: s.aborted == 1, timeout=10.0)
+    assert time.monotonic() - cancelled_at < 10.0, "upstream must see the connection close, not the answer"
     assert scenario.stats.completed == 0
 
 
 async def test_shutdown_drains_in_flight_calls_and_refuses_new_ones(
     make_server: ServerFactory, emulator: Emulator
 ) -> None:
-    slow = emulator.scenario("latency:0.6+ok")
+    # The in-flight call lasts 1.5 s: long next to the milliseconds the refusal below takes, short
+    # next to the 5 s grace.
+    slow = emulator.scenario("latency:1.5+ok")
     async with make_server(shutdown_grace=5.0) as server, grpc.aio.insecure_channel(server.target) as channel:
         stub = Stub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = asyncio.ensure_future(stub.Generate(pb.GenerateRequest(prompt=f"x {slow.marker}"), timeout=10))
-        await asyncio.sleep(0.2)
+        await slow.wait_for(lambda s: s.received == 1)  # the call is in flight upstream
         stopping = asyncio.ensure_future(server.shutdown(grace=5.0))
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -245,19 +246,14 @@ async def test_missing_signature_upstream_names_the_history_part(stub: Stub, emu
 
 
 async def test_stream_hang_up_aborts_the_upstream_request(stub: Stub, emulator: Emulator) -> None:
-    scenario = emulator.scenario("latency:5+ok")
-    call = stub.GenerateStream(pb.GenerateStreamRequest(prompt=f"x {scenario.marker}"), timeout=10)
+    # Upstream would answer after 30 s: an abort seen within 10 s was the hang-up, not the answer.
+    scenario = emulator.scenario("latency:30+ok")
+    call = stub.GenerateStream(pb.GenerateStreamRequest(prompt=f"x {scenario.marker}"), timeout=60)
     assert (await call.read()).WhichOneof("event") == "accepted"
     assert (await call.read()).WhichOneof("event") == "attempt_started"
-    for _ in range(100):
-        if scenario.stats.received:
-            break
-        await asyncio.sleep(0.01)
+    await scenario.wait_for(lambda s: s.received == 1)
     call.cancel()
-    for _ in range(100):
-        if scenario.stats.aborted:
-            break
-        await asyncio.sleep(0.005)
+    await scenario.wait_for(lambda s: s.aborted == 1, timeout=10.0)
     assert (scenario.stats.aborted, scenario.stats.completed) == (1, 0)
 
 

@@ -14,7 +14,9 @@ and a fresh :class:`~imagegen_server.retry.RetryBudget`. Each row states:
 * how the call ended: success (with facts about the image) or the loop's
   stop reason and the retry delay it hands to the caller;
 * how many attempts reached the emulator (``scenario.stats.received``);
-* bounds on the wall-clock time the whole call took.
+* the waits the loop made (recorded by a clock that really sleeps: exactly the
+  delays it decided), a lower bound on the wall-clock time those waits and the
+  row's latency steps take, and a generous upper bound that only catches a hang.
 
 Faults that must not be retried are followed by an ``ok`` step, so a wrongly
 retried fault would show up as a second attempt and a success.
@@ -59,20 +61,24 @@ SIZE_3 = (1376, 768)
 SIZE_25 = (1344, 768)
 
 #: Short enough that retried rows take milliseconds; upstream delays up to 2 s are honoured.
+#: The attempt timeout is long: only rows that override it may end an attempt by timing out.
 POLICY = RetryPolicy(
     max_attempts=3,
     initial_backoff=0.01,
     max_backoff=0.05,
     max_upstream_delay=2.0,
-    attempt_timeout=2.0,
+    attempt_timeout=20.0,
 )
 #: A per-attempt timeout for the rows whose slow step must time out.
 SHORT_ATTEMPT = 0.3
 
-#: Upper bound for rows that wait for nothing: no retry delay, no latency step.
-QUICK = 0.5
-#: Slack added on top of a deliberate wait (latency, RetryInfo, attempt timeout).
-SLACK = 0.5
+#: Upper bound for rows that wait for nothing: no retry delay, no latency step. Such a row takes
+#: milliseconds (under a second on a loaded machine); the bound is only a hang guard, an order of
+#: magnitude below the waits a bug would cause (the 20 s attempt timeout, 5 s and 30 s RetryInfo).
+#: The waits themselves are checked exactly, through the recording clock.
+QUICK = 3.0
+#: Slack added on top of a deliberate wait (latency, RetryInfo, attempt timeout): a hang guard too.
+SLACK = 3.0
 
 #: Kinds whose failed retries count against the retry budget (the retryable ones).
 BUDGET_KINDS = frozenset({K.RATE_LIMITED, K.UNAVAILABLE, K.DEADLINE_EXCEEDED, K.MALFORMED, K.NO_IMAGE})
@@ -121,8 +127,8 @@ class Row:
     #: How the emulator must have counted its requests in the end.
     aborted: int = 0
     cut: int = 0
-    #: Stream rows: drafts must reach on_draft at least this long before the call ends.
-    drafts_lead: float = 0.0
+    #: Stream rows: drafts must reach on_draft while the emulator is still writing the response.
+    drafts_first: bool = False
 
 
 def ok_then(fault: str, kind: ErrorKind, *, id: str, **kw: Any) -> Row:
@@ -364,7 +370,7 @@ ROWS: list[Row] = [
         stream=True,
         min_s=0.4,
         max_s=0.4 + SLACK,
-        drafts_lead=0.3,
+        drafts_first=True,
         result={**SUCCESS_3, "drafts": 2},
     ),
     # --- malformed 200s: retried once --------------------------------------------------------
@@ -573,6 +579,20 @@ class Recorder:
         self.failed.append((attempt, error, decision))
 
 
+class RecordingClock:
+    """The real monotonic clock (it really sleeps), keeping every wait the loop asks for."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return MONOTONIC_CLOCK.now()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await MONOTONIC_CLOCK.sleep(seconds)
+
+
 def _png(size: tuple[int, int] = (16, 9)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (200, 40, 40)).save(buf, "PNG")
@@ -692,19 +712,21 @@ async def test_scenario(emulator: Emulator, row: Row) -> None:
     drafts: list[tuple[float, InlineImage]] = []
 
     def on_draft(image: InlineImage) -> None:
-        drafts.append((time.monotonic(), image))
+        # Whether the emulator had finished the response when this draft arrived.
+        drafts.append((scenario.stats.in_flight == 0, image))
 
     async with GeminiClient(emulator.base_url, key, api_version=row.version) as client:
 
         async def attempt(timeout: float | None) -> UpstreamResult:
             return await client.generate(request, timeout=timeout, on_draft=on_draft if row.stream else None)
 
+        clock = RecordingClock()
         started = time.monotonic()
-        deadline = None if row.deadline is None else MONOTONIC_CLOCK.now() + row.deadline
+        deadline = None if row.deadline is None else clock.now() + row.deadline
         outcome: UpstreamResult | RetryFailure
         try:
             done = await call_with_retries(
-                attempt, policy=policy, budget=budget, deadline=deadline, observer=observer, clock=MONOTONIC_CLOCK
+                attempt, policy=policy, budget=budget, deadline=deadline, observer=observer, clock=clock
             )
         except RetryFailure as failure:
             outcome = failure
@@ -767,15 +789,16 @@ async def test_scenario(emulator: Emulator, row: Row) -> None:
             assert streamed[len(streamed) - len(outcome.drafts) :] == list(outcome.drafts)
             if attempts == 1:
                 assert streamed == list(outcome.drafts)
-        if row.drafts_lead:
-            first_draft_at = drafts[0][0]
-            assert started + elapsed - first_draft_at >= row.drafts_lead, "drafts must arrive before the body ends"
+        if row.drafts_first:
+            assert drafts and not drafts[0][0], "drafts must arrive before the body ends"
     elif not row.stream:
         assert not drafts  # (a failed stream may have forwarded drafts before failing)
 
-    # Time: the waits the loop decided happened for real, within the row's bounds.
-    waited = sum(d.delay for d in decisions if d.will_retry)
-    assert elapsed >= waited - 0.005
+    # Time: the loop waited exactly the delays it decided, and nothing else; those waits (and the
+    # row's latency) happened for real; and the call did not hang. Load only makes calls slower, so the
+    # lower bounds are exact while the upper one is a generous hang guard (see QUICK).
+    assert clock.sleeps == [d.delay for d in decisions if d.will_retry]
+    assert elapsed >= sum(clock.sleeps) - 0.005
     assert row.min_s <= elapsed < row.max_s, f"took {elapsed:.3f}s, expected [{row.min_s}, {row.max_s})"
 
     # Budget: one request; each failed retry of a retryable kind counted, unless the request succeeded.

@@ -82,18 +82,18 @@ def test_default_and_per_call_timeout(server: FakeServer) -> None:
         client.generate("x", timeout=5)
         call_remaining = server.servicer.calls[-1].time_remaining
     assert default_remaining is not None and 20 < default_remaining <= 30.5
-    assert call_remaining is not None and 3 < call_remaining <= 5.5  # grpc-timeout rounds up
+    assert call_remaining is not None and 0 < call_remaining <= 5.5  # grpc-timeout rounds up
     with imagegen.Client(server.target, timeout=None) as client:
         client.generate("x")
     assert server.servicer.calls[-1].time_remaining is None
 
 
 def test_deadline_exceeded(server: FakeServer, client: imagegen.Client) -> None:
-    server.servicer.push(Delayed(2.0, make_generation()))
+    server.servicer.push(Delayed(30.0, make_generation()))
     started = time.monotonic()
     with pytest.raises(imagegen.DeadlineExceededError) as info:
         client.generate("slow", timeout=0.2)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10, "the 0.2 s deadline ends the call, not the 30 s answer"
     assert info.value.code is S.DEADLINE_EXCEEDED
 
 
@@ -160,13 +160,13 @@ def test_refine_stream(server: FakeServer, client: imagegen.Client) -> None:
 
 
 def test_stream_close_cancels_the_call(server: FakeServer, client: imagegen.Client) -> None:
-    server.servicer.push(FakeStream(stream_events(), interval=0.5))
+    server.servicer.push(FakeStream(stream_events(), interval=30))
     stream = client.generate_stream("x")
     first = next(stream)
     assert first.kind == "accepted"
     started = time.monotonic()
     stream.close()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 10, "close cancels at once, it does not wait for the next event (30 s)"
     with pytest.raises(StopIteration):
         next(stream)
 

@@ -102,17 +102,18 @@ def test_honours_retry_info(server: FakeServer) -> None:
 
 
 def test_retry_info_beyond_limit_or_deadline_is_not_waited(server: FakeServer) -> None:
-    policy = imagegen.ClientRetry(max_attempts=3, max_retry_after=1.0)
-    server.servicer.push(FakeError(S.RESOURCE_EXHAUSTED, "busy", "OVERLOADED", retry_after=5.0))
+    policy = imagegen.ClientRetry(max_attempts=3, max_retry_after=60.0)
+    server.servicer.push(FakeError(S.RESOURCE_EXHAUSTED, "busy", "OVERLOADED", retry_after=120.0))
     with imagegen.Client(server.target, retry=policy) as client:
+        started = time.monotonic()
         with pytest.raises(imagegen.RateLimitError):
             client.generate("x")
         assert _calls(server) == 1
-        server.servicer.push(FakeError(S.RESOURCE_EXHAUSTED, "busy", "OVERLOADED", retry_after=0.8))
-        started = time.monotonic()
+        # Within the limit but past the 20 s deadline: raised at once, where waiting would take ~20 s.
+        server.servicer.push(FakeError(S.RESOURCE_EXHAUSTED, "busy", "OVERLOADED", retry_after=30.0))
         with pytest.raises(imagegen.RateLimitError):
-            client.generate("x", timeout=0.5)
-        assert time.monotonic() - started < 0.4
+            client.generate("x", timeout=20)
+        assert time.monotonic() - started < 10, "neither wait was slept"
     assert _calls(server) == 2
 
 

@@ -23,6 +23,13 @@ from imagegen_server.service import ImageGenerationServicer, add_to_server
 from tests.integration.status_helpers import details_of
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (cleanup runs on the loop, later); fail after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polls state the server updates
+            await asyncio.sleep(0.005)
+
+
 def _png() -> bytes:
     buf = io.BytesIO()
     PILImage.new("RGB", (4, 4)).save(buf, "PNG")
@@ -30,10 +37,12 @@ def _png() -> bytes:
 
 
 class FakeUpstream:
-    """Answers after ``delay`` seconds, or raises ``error``; records requests."""
+    """Answers after ``delay`` seconds (or once ``gate`` is set), or raises ``error``; records requests."""
 
     def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
         self.delay = delay
+        #: When set, calls wait for this event instead of ``delay``: the test decides when upstream answers.
+        self.gate: asyncio.Event | None = None
         self.error = error
         #: Raised one per call, before ``error`` applies.
         self.failures: list[Exception] = []
@@ -49,7 +58,10 @@ class FakeUpstream:
     ) -> UpstreamResult:
         self.requests.append(request)
         try:
-            await asyncio.sleep(self.delay)
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -138,8 +150,14 @@ async def test_unexpected_exception_is_internal_without_python_text(
 async def test_heartbeats_while_upstream_is_slow(
     stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
 ) -> None:
-    upstream.delay = 0.3
-    events = [e.WhichOneof("event") async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x"))]
+    # Upstream answers only after three heartbeats reached the caller: they flow while it is slow.
+    upstream.gate = asyncio.Event()
+    events: list[str | None] = []
+    async with asyncio.timeout(30):
+        async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x")):
+            events.append(e.WhichOneof("event"))
+            if events.count("heartbeat") == 3:
+                upstream.gate.set()
     assert events[:2] == ["accepted", "attempt_started"]
     assert events.count("heartbeat") >= 3
     assert events[-1] == "completed"
@@ -154,13 +172,9 @@ async def test_stream_cancel_cancels_upstream_and_leaks_no_task(
     assert (await call.read()).WhichOneof("event") == "accepted"
     assert (await call.read()).WhichOneof("event") == "attempt_started"
     call.cancel()
-    for _ in range(200):
-        if upstream.cancelled:
-            break
-        await asyncio.sleep(0.005)
+    await eventually(lambda: upstream.cancelled == 1)
+    await eventually(lambda: len(asyncio.all_tasks()) <= baseline)
     assert upstream.cancelled == 1
-    await asyncio.sleep(0.05)
-    assert len(asyncio.all_tasks()) <= baseline
 
 
 async def test_seed_and_model_turn_round_trip(stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream) -> None:
@@ -172,11 +186,17 @@ async def test_seed_and_model_turn_round_trip(stub: pb_grpc.ImageGenerationServi
 async def test_duplicate_stream_gets_heartbeats_then_the_shared_result(
     stub: pb_grpc.ImageGenerationServiceStub, upstream: FakeUpstream
 ) -> None:
-    upstream.delay = 0.3
+    # Upstream answers only after the duplicate got two heartbeats.
+    upstream.gate = asyncio.Event()
     options = pb.GenerationOptions(request_id="same")
     owner = stub.Generate(pb.GenerateRequest(prompt="x", options=options))
-    await asyncio.sleep(0.05)
-    events = [e async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x", options=options))]
+    await eventually(lambda: len(upstream.requests) == 1)  # the owner's call is upstream
+    events: list[pb.GenerateStreamResponse] = []
+    async with asyncio.timeout(30):
+        async for e in stub.GenerateStream(pb.GenerateStreamRequest(prompt="x", options=options)):
+            events.append(e)
+            if sum(seen.WhichOneof("event") == "heartbeat" for seen in events) == 2:
+                upstream.gate.set()
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[-1] == "completed" and set(kinds[:-1]) == {"heartbeat"} and len(kinds) >= 3
     assert events[-1].completed.generation_id == (await owner).generation.generation_id
