@@ -18,6 +18,10 @@ import pytest
 
 BINARY = "redis-server"
 START_TIMEOUT = 10.0
+#: The tests' per-operation Redis timeout. Redis answers on loopback in milliseconds, but a loaded machine
+#: can stall an answer past the 0.5 s default and turn a shared-state test into a fail-open/closed one; a
+#: stopped Redis refuses the connection at once, so the outage tests do not wait for it.
+OPERATION_TIMEOUT = 5.0
 
 
 def _free_port() -> int:

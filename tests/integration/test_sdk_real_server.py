@@ -83,22 +83,24 @@ async def test_invalid_request_names_fields(client: imagegen.AsyncClient) -> Non
 
 
 async def test_rate_limit_retry_after_and_block_side(client: imagegen.AsyncClient, emulator: Emulator) -> None:
+    # A 3 s RetryInfo cannot fit in a 2 s deadline: the server gives up at once, on any machine.
     with pytest.raises(imagegen.RateLimitError) as limited:
-        await client.generate(f"x {emulator.scenario('rate_limit:0.5').marker}", timeout=0.8)
-    assert limited.value.retry_after == pytest.approx(0.5)
+        await client.generate(f"x {emulator.scenario('rate_limit:3').marker}", timeout=2)
+    assert limited.value.retry_after == pytest.approx(3.0)
     with pytest.raises(imagegen.ContentPolicyError) as blocked:
         await client.generate(f"x {emulator.scenario('output_blocked:IMAGE_SAFETY').marker}")
     assert (blocked.value.block_side, blocked.value.block_reason) == ("output", "IMAGE_SAFETY")
 
 
 async def test_overloaded_and_shutting_down(make_server: ServerFactory, emulator: Emulator) -> None:
-    slow = emulator.scenario("latency:1+ok")
+    # The first call holds the only slot for 2 s, far longer than the refusals below take.
+    slow = emulator.scenario("latency:2+ok")
     async with (
         make_server(max_concurrency=1, queue_timeout=0.05) as server,
         imagegen.AsyncClient(server.target, timeout=10) as client,
     ):
         first = asyncio.ensure_future(client.generate(f"x {slow.marker}"))
-        await asyncio.sleep(0.2)
+        await slow.wait_for(lambda s: s.received == 1)  # the first call holds the slot
         with pytest.raises(imagegen.RateLimitError) as overloaded:
             await client.generate("y")
         assert overloaded.value.reason == "OVERLOADED" and overloaded.value.retry_after

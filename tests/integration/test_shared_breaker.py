@@ -3,7 +3,6 @@ then two real servers on one Redis and one emulator."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -19,21 +18,38 @@ from imagegen_server.sharedstate.breaker import RedisBreakerStore
 from imagegen_server.sharedstate.connection import SharedState
 from tests.conftest import ServerFactory
 from tests.integration.status_helpers import details_of
-from tests.redis_server import RedisServer
+from tests.redis_server import OPERATION_TIMEOUT, RedisServer
 
 MODEL = "gemini-3.1-flash-image"
 POLICY = BreakerPolicy(failure_threshold=2, open_seconds=0.5, max_open_seconds=2.0, probe_timeout=5.0)
 
 
+class WallClock:
+    """The replicas' (synchronised) wall clock, moved by the test: an open time passes exactly, whatever the load."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[..., CircuitBreaker]]:
-    """Breakers as separate replicas would have them (own clients)."""
+def wall_clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+async def make_breaker(
+    redis_server: RedisServer, wall_clock: WallClock
+) -> AsyncIterator[Callable[..., CircuitBreaker]]:
+    """Breakers as separate replicas would have them (own clients, one wall clock)."""
     states: list[SharedState] = []
 
     def make(listener: CircuitListener | None = None) -> CircuitBreaker:
-        state = SharedState.from_url(redis_server.url, fail_open=True, timeout=0.5)
+        state = SharedState.from_url(redis_server.url, fail_open=True, timeout=OPERATION_TIMEOUT)
         states.append(state)
-        return CircuitBreaker(POLICY, store=RedisBreakerStore(state, ttl=60), clock=time.time, listener=listener)
+        return CircuitBreaker(POLICY, store=RedisBreakerStore(state, ttl=60), clock=wall_clock, listener=listener)
 
     yield make
     for state in states:
@@ -41,7 +57,7 @@ async def make_breaker(redis_server: RedisServer) -> AsyncIterator[Callable[...,
 
 
 async def test_a_circuit_opened_on_one_replica_fails_fast_on_the_other_and_one_probe_closes_it(
-    make_breaker: Callable[..., CircuitBreaker],
+    make_breaker: Callable[..., CircuitBreaker], wall_clock: WallClock
 ) -> None:
     seen_by_a: list[CircuitState] = []
     a = make_breaker(lambda model, state, retry_after: seen_by_a.append(state))
@@ -51,7 +67,7 @@ async def test_a_circuit_opened_on_one_replica_fails_fast_on_the_other_and_one_p
     assert (await a.state(MODEL)).state is CircuitState.OPEN
     refused = await b.admit(MODEL)
     assert not refused.allowed and 0 < refused.retry_after <= POLICY.open_seconds
-    await asyncio.sleep(POLICY.open_seconds + 0.1)
+    wall_clock.now += POLICY.open_seconds + 0.1
     probe = await b.admit(MODEL)
     assert probe.allowed and probe.probe
     assert not (await a.admit(MODEL)).allowed, "one probe for all replicas"
@@ -79,6 +95,7 @@ async def test_two_servers_on_one_redis_share_the_circuit(
     outage = emulator.scenario("overloaded")
     settings = {
         "state_url": redis_server.url,
+        "state_timeout": OPERATION_TIMEOUT,
         "max_attempts": 1,
         "breaker_failure_threshold": 2,
         "breaker_open_seconds": 30.0,

@@ -23,7 +23,7 @@ from imagegen_server.sharedstate.idempotency import RedisIdempotencyStore
 from imagegen_server.sharedstate.stores import GENERATION_CODEC
 from tests.conftest import ServerFactory
 from tests.integration.status_helpers import details_of
-from tests.redis_server import RedisServer
+from tests.redis_server import OPERATION_TIMEOUT, RedisServer
 
 Store = RedisIdempotencyStore[image_pb2.Generation]
 KEY = IdempotencyKey("anonymous", "Generate", "req-1")
@@ -40,7 +40,7 @@ async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., S
     made: list[tuple[Store, SharedState]] = []
 
     def make(*, fail_open: bool = True, lease_seconds: float = 10.0, max_result_bytes: int = 1 << 20) -> Store:
-        state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=0.5)
+        state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=OPERATION_TIMEOUT)
         local: MemoryIdempotencyStore[image_pb2.Generation] = MemoryIdempotencyStore(
             ttl=60, max_bytes=1 << 20, sizeof=lambda g: g.ByteSize(), clock=lambda: 0.0
         )
@@ -125,16 +125,17 @@ async def test_an_abandoned_key_is_taken_over_by_one_duplicate(make_store: Calla
 async def test_when_the_owner_dies_its_lease_expires_and_a_duplicate_takes_over(
     make_store: Callable[..., Store],
 ) -> None:
-    a, b = make_store(lease_seconds=0.6), make_store(lease_seconds=0.6)
+    # A 1.2 s lease, renewed every third of it, survives a renewal 0.8 s late (a loaded machine).
+    a, b = make_store(lease_seconds=1.2), make_store(lease_seconds=1.2)
     owner = await a.claim(KEY, FP)
     follower = await b.claim(KEY, FP)
     # The owner keeps its lease alive past its first lifetime...
     with pytest.raises(TimeoutError):
-        await b.wait(follower, 1.0)
+        await b.wait(follower, 2.0)
     # ...then its replica dies: no renewal, no answer.
     await a.aclose()
     with pytest.raises(Abandoned):
-        await b.wait(follower, 3.0)
+        await b.wait(follower, 6.0)
     assert (await b.claim(KEY, FP)).owner
     assert owner.owner
 
@@ -204,7 +205,9 @@ async def test_a_remote_duplicate_whose_redis_goes_away_is_refused_when_failing_
 
 
 async def _two_servers(stack: AsyncExitStack, make_server: ServerFactory, url: str) -> list[RunningServer]:
-    return [await stack.enter_async_context(make_server(state_url=url)) for _ in range(2)]
+    return [
+        await stack.enter_async_context(make_server(state_url=url, state_timeout=OPERATION_TIMEOUT)) for _ in range(2)
+    ]
 
 
 async def _stub(stack: AsyncExitStack, server: RunningServer) -> pb_grpc.ImageGenerationServiceStub:
@@ -236,7 +239,9 @@ async def test_a_server_failing_closed_refuses_request_ids_while_redis_is_down_a
     make_server: ServerFactory, emulator: Emulator, redis_server: RedisServer
 ) -> None:
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(make_server(state_url=redis_server.url, state_fail_mode="closed"))
+        server = await stack.enter_async_context(
+            make_server(state_url=redis_server.url, state_timeout=OPERATION_TIMEOUT, state_fail_mode="closed")
+        )
         stub = await _stub(stack, server)
         await redis_server.astop()
         without_id = await stub.Generate(pb.GenerateRequest(prompt="a fox"), timeout=30)

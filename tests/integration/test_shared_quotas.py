@@ -21,7 +21,7 @@ from imagegen_server.sharedstate.connection import SharedState
 from imagegen_server.sharedstate.quotas import RedisCallerLimiter
 from tests.conftest import ServerFactory
 from tests.integration.status_helpers import details_of
-from tests.redis_server import RedisServer
+from tests.redis_server import OPERATION_TIMEOUT, RedisServer
 
 Make = Callable[..., RedisCallerLimiter]
 
@@ -32,7 +32,7 @@ async def make_limiter(redis_server: RedisServer) -> AsyncIterator[Make]:
     made: list[tuple[RedisCallerLimiter, SharedState]] = []
 
     def make(*, fail_open: bool = True, lease_seconds: float = 30.0) -> RedisCallerLimiter:
-        state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=0.5)
+        state = SharedState.from_url(redis_server.url, fail_open=fail_open, timeout=OPERATION_TIMEOUT)
         limiter = RedisCallerLimiter(state, fallback=LocalCallerLimiter(), lease_seconds=lease_seconds)
         made.append((limiter, state))
         return limiter
@@ -84,15 +84,16 @@ async def test_one_callers_concurrency_holds_across_replicas_and_comes_back_on_r
 
 
 async def test_a_dead_replicas_calls_stop_counting_after_the_lease_time(make_limiter: Make) -> None:
-    a, b = make_limiter(lease_seconds=0.6), make_limiter(lease_seconds=0.6)
+    # Renewed every 0.4 s, a 1.2 s lease survives a renewal 0.8 s late (a loaded machine).
+    a, b = make_limiter(lease_seconds=1.2), make_limiter(lease_seconds=1.2)
     quota = Quota(max_concurrent=1)
     await a.acquire("alice", quota)
     # While replica a lives it renews its call's lease: still counted after two lease times.
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(2.5)
     assert await _admitted(b, "alice", quota) is None
     # Replica a dies without releasing: its lease runs out and the slot comes back.
     await a.aclose()
-    await _eventually_admitted(b, "alice", quota, within=3.0)
+    await _eventually_admitted(b, "alice", quota, within=6.0)
 
 
 async def test_failing_open_without_redis_each_replica_counts_on_its_own(
@@ -138,7 +139,12 @@ async def test_two_servers_on_one_redis_enforce_one_quota(
     async with AsyncExitStack() as stack:
         servers = [
             await stack.enter_async_context(
-                make_server(state_url=redis_server.url, auth_tokens_file=str(tokens), state_fail_mode="closed")
+                make_server(
+                    state_url=redis_server.url,
+                    state_timeout=OPERATION_TIMEOUT,
+                    auth_tokens_file=str(tokens),
+                    state_fail_mode="closed",
+                )
             )
             for _ in range(2)
         ]
