@@ -68,8 +68,8 @@ async def _call(stub: Stub, scenario: Scenario, chaos: Chaos, prompt: str, strea
     with contextlib.suppress(asyncio.CancelledError):
         await rpc
     try:
-        # Long before the server's maximum call duration would end it anyway.
-        await scenario.wait_for(lambda s: s.aborted == 1, timeout=2.0)
+        # Long before the server's maximum call duration (8 s) would end it anyway.
+        await scenario.wait_for(lambda s: s.aborted == 1, timeout=4.0)
     except TimeoutError:
         return "CANCELLED", "upstream request left open"
     return "CANCELLED", "upstream request aborted"

@@ -810,5 +810,5 @@ async def test_scenario(emulator: Emulator, row: Row) -> None:
     method = "streamGenerateContent?alt=sse" if row.stream else "generateContent"
     assert list(scenario.stats.paths) == [f"/{row.version}/models/{row.model}:{method}"] * row.attempts
     assert all(body == scenario.stats.bodies[0] for body in scenario.stats.bodies)
-    await scenario.wait_for(lambda s: s.in_flight == 0, timeout=3.0)
+    await scenario.wait_for(lambda s: s.in_flight == 0, timeout=10.0)
     assert (scenario.stats.aborted, scenario.stats.cut) == (row.aborted, row.cut)
