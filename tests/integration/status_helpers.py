@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -58,3 +61,21 @@ def history_turn(generation: image_pb2.Generation) -> image_pb2.Turn:
         if part.WhichOneof("data") == "image" and not part.image.data and not part.thought:
             part.image.data = generation.image.data
     return turn
+
+
+async def access_lines(
+    records: Callable[[], list[logging.LogRecord]], until: Callable[[list[str]], bool], timeout: float = 5.0
+) -> list[str]:
+    """The access-log lines so far, waiting (bounded) until ``until`` holds.
+
+    A call aborted with a status has that status sent at once (grpc.aio's
+    ``abort``), and its access line is written as its handler unwinds, which
+    on a busy machine can be just after the caller read the status.
+    """
+    lines: list[str] = []
+    for _ in range(int(timeout / 0.01)):
+        lines = [r.getMessage() for r in records() if r.name == "imagegen_server.access"]
+        if until(lines):
+            break
+        await asyncio.sleep(0.01)
+    return lines

@@ -11,7 +11,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen.v1 import image_pb2
 from imagegen_server.app import RunningServer
-from tests.integration.status_helpers import Details, details_of
+from tests.integration.status_helpers import Details, access_lines, details_of
 
 Stub = pb_grpc.ImageGenerationServiceStub
 HUGE = "\u00e9\n" * 20_000  # 40,000 characters, two UTF-8 bytes each, with newlines
@@ -81,7 +81,7 @@ async def test_request_id_with_newline_cannot_forge_an_access_log_line(
     caplog.set_level(logging.INFO, logger="imagegen_server.access")
     forged = "x\nGenerate OK 0.001s caller=admin requestId=forged\x1b[2K"
     await _fail(stub, pb.GenerateRequest(prompt="a cat", options=pb.GenerationOptions(request_id=forged)))
-    lines = [r.getMessage() for r in caplog.records if r.name == "imagegen_server.access"]
+    lines = await access_lines(lambda: caplog.records, lambda found: len(found) >= 1)
     assert len(lines) == 1
     assert "\n" not in lines[0] and "\x1b" not in lines[0]
     assert lines[0].startswith("Generate INVALID_ARGUMENT ")
