@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -294,11 +294,18 @@ class RpcObserver:
 
     @contextlib.contextmanager
     def observe(
-        self, method: str, request: Any, metadata: Metadata | None, *, transport: str = "grpc"
+        self,
+        method: str,
+        request: Any,
+        metadata: Metadata | None,
+        *,
+        transport: str = "grpc",
+        span_attributes: Mapping[str, str] | None = None,
     ) -> Iterator[RpcOutcome]:
         """Observe one RPC of ``method`` (``package.Service/Method``) until the block ends.
 
-        ``transport`` is ``grpc`` or ``rest`` (the REST gateway), for traces.
+        ``transport`` is ``grpc`` or ``rest`` (the REST gateway), for traces, and ``span_attributes``
+        what the transport adds to the RPC's span (the HTTP method and path of a REST call).
 
         The block sets the outcome's ``code`` when it ends with an error status; an
         exception leaving the block without one counts as CANCELLED or UNKNOWN.
@@ -310,7 +317,9 @@ class RpcObserver:
         with contextlib.ExitStack() as stack:
             span = None
             if self._tracing is not None:
-                span = stack.enter_context(self._tracing.rpc(method, _text(metadata), transport=transport))
+                span = stack.enter_context(
+                    self._tracing.rpc(method, _text(metadata), transport=transport, attributes=span_attributes)
+                )
                 context.trace_id, context.span_id = span.trace_id, span.span_id
             token = bind_rpc(context)
             outcome_token = _OUTCOME.set(outcome)

@@ -337,7 +337,8 @@ class RestGateway:
     async def _serve(self, route: Route, http: web.Request) -> web.StreamResponse:
         metadata = [(name, http.headers[name]) for name in FORWARDED_HEADERS if name in http.headers]
         rpc_name = route.full_method.lstrip("/")
-        with self._observer.observe(rpc_name, None, metadata, transport="rest") as outcome:
+        attributes = {"http.request.method": http.method, "url.path": http.path, "url.scheme": http.scheme}
+        with self._observer.observe(rpc_name, None, metadata, transport="rest", span_attributes=attributes) as outcome:
             try:
                 raw = await self._body(route, http)
                 outcome.received = len(raw)

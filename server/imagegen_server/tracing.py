@@ -137,23 +137,36 @@ class Tracing(GenerationObserver):
         self._genai = {"gen_ai.operation.name": OPERATION, provider_key: PROVIDER}
 
     @contextlib.contextmanager
-    def rpc(self, method: str, metadata: Mapping[str, str], *, transport: str = "grpc") -> Iterator[RpcSpan]:
+    def rpc(
+        self,
+        method: str,
+        metadata: Mapping[str, str],
+        *,
+        transport: str = "grpc",
+        attributes: Mapping[str, str] | None = None,
+    ) -> Iterator[RpcSpan]:
         """A SERVER span for ``method`` (``package.Service/Method``), continuing the caller's ``traceparent``.
 
-        ``transport``: ``grpc``, or ``rest`` for a call through the REST gateway (no ``rpc.system`` then).
+        ``transport``: ``grpc``, or ``rest`` for a call through the REST gateway (no ``rpc.system`` then);
+        ``attributes``: more span attributes from the transport.
         """
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
         parent = self._propagator.extract(carrier=dict(metadata))
         service, _, name = method.rpartition("/")
-        attributes: dict[str, Any] = {"rpc.service": service, "rpc.method": name, "imagegen.transport": transport}
+        span_attributes: dict[str, Any] = {
+            **(attributes or {}),
+            "rpc.service": service,
+            "rpc.method": name,
+            "imagegen.transport": transport,
+        }
         if transport == "grpc":
-            attributes["rpc.system"] = "grpc"
+            span_attributes["rpc.system"] = "grpc"
         generation = name not in _NOT_GENERATION
         if generation:
-            attributes.update(self._genai)
-        span = self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+            span_attributes.update(self._genai)
+        span = self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=span_attributes)
         state = _RpcTrace(span, generation)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         trace_token = _TRACE.set(state)

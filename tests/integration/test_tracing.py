@@ -119,6 +119,7 @@ async def test_rest_calls_are_traced_too(traced: RunningServer, exporter: InMemo
     assert rpc.name == "imagegen.v1.ImageGenerationService/GenerateStream"
     assert rpc.context is not None and format(rpc.context.trace_id, "032x") == TRACE_ID
     assert _attrs(rpc)["imagegen.transport"] == "rest" and "rpc.system" not in _attrs(rpc)
+    assert _attrs(rpc)["http.request.method"] == "POST" and _attrs(rpc)["url.path"] == "/v1/images:generateStream"
     assert len(_by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)) == 1
 
 
