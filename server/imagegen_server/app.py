@@ -102,7 +102,9 @@ def _cut_off_margin(grace: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) -> AsyncIterator[RunningServer]:
+async def run_server(
+    config: ServerConfig, *, tracing: Tracing | None = None, shared_port: bool = False
+) -> AsyncIterator[RunningServer]:
     """Start the server (and the embedded emulator when there is no key and no
     upstream URL); stop both on exit.
 
@@ -111,6 +113,8 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
     :class:`~imagegen_server.config.ConfigError` for flags it refuses (unusable
     TLS files among them, tracing asked for without the ``otel`` extra).
     ``tracing`` replaces the one the ``OTEL_*`` environment would configure (tests).
+    ``shared_port``: this is one of ``--workers`` processes, sharing the gRPC and
+    HTTP ports with its siblings on purpose (``SO_REUSEPORT``; see :mod:`imagegen_server.workers`).
     """
     config.check()
     certificates = _certificates(config)
@@ -119,7 +123,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
         client_certificates=config.tls_client_ca is not None,
         open_methods=config.auth_open_methods,
     )
-    if not _shares_port(config):
+    if not shared_port:
         check_bindable(config.host, config.port)
     if config.metrics_port:
         check_bindable(config.metrics_host, config.metrics_port, what="metrics port", flag="--metrics-port")
@@ -128,7 +132,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
             "--insecure: listening on %s without TLS and caller authentication; a proxy in front must provide both",
             config.host,
         )
-    if config.http_port:
+    if config.http_port and not shared_port:
         check_bindable(config.host, config.http_port, what="HTTP port", flag="--http-port")
     if tracing is None:
         tracing = start_tracing(config)
@@ -172,7 +176,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
         rpc_observer = RpcObserver(metrics, log_prompts=config.log_prompts, tracing=tracing)
         metrics_port = await _start_metrics(stack, metrics, config) if config.metrics_port is not None else None
         access = _access(config, authenticator, shared.limiter if shared is not None else LocalCallerLimiter())
-        server = _grpc_server(config, rpc_observer, access)
+        server = _grpc_server(config, rpc_observer, access, shared_port=shared_port)
         servicer = ImageGenerationServicer(pipeline, config)
         add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
@@ -190,7 +194,7 @@ async def run_server(config: ServerConfig, *, tracing: Tracing | None = None) ->
                 cors_origins=config.cors_origins,
                 max_body_bytes=config.max_message_bytes,
             )
-            http_port = await _start_rest(stack, gateway, config, certificates)
+            http_port = await _start_rest(stack, gateway, config, certificates, shared_port=shared_port)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         running = RunningServer(
             server=server,
@@ -250,7 +254,12 @@ async def _start_metrics(stack: contextlib.AsyncExitStack, metrics: Metrics, con
 
 
 async def _start_rest(
-    stack: contextlib.AsyncExitStack, gateway: RestGateway, config: ServerConfig, certificates: CertificateFiles | None
+    stack: contextlib.AsyncExitStack,
+    gateway: RestGateway,
+    config: ServerConfig,
+    certificates: CertificateFiles | None,
+    *,
+    shared_port: bool = False,
 ) -> int:
     """Serve REST/JSON + SSE until the stack closes (HTTPS with the gRPC port's certificate); returns the port."""
     # handler_cancellation: a caller hanging up cancels its generation, as on the gRPC port.
@@ -260,7 +269,8 @@ async def _start_rest(
     # The gRPC port's certificates, re-read when they change, client certificates required under mutual TLS.
     ssl_context = certificates.ssl_context() if certificates is not None else None
     try:
-        await web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context).start()
+        site = web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context, reuse_port=shared_port)
+        await site.start()
     except OSError as exc:
         port = config.http_port or 0
         raise CannotListenError(
@@ -275,16 +285,6 @@ async def _start_rest(
 def _cors(config: ServerConfig) -> str:
     """Who may call from a browser, for the start-up line."""
     return f"CORS for {', '.join(config.cors_origins)}" if config.cors_origins else "no CORS"
-
-
-def _shares_port(config: ServerConfig) -> bool:
-    """Whether this server may share its port with other processes (``SO_REUSEPORT``).
-
-    Never today: a second server on a taken port must fail, not silently split
-    the traffic with the first (gRPC's default). Worker processes sharing one
-    port on purpose would answer yes here, for their own config.
-    """
-    return False
 
 
 def _certificates(config: ServerConfig) -> CertificateFiles | None:
@@ -347,7 +347,9 @@ def _access(config: ServerConfig, authenticator: Authenticator, limiter: CallerL
     return AccessInterceptor(authenticator, limiter, RequestBytes(bound), _request_limit(config))
 
 
-def _grpc_server(config: ServerConfig, rpc_observer: RpcObserver, access: AccessInterceptor) -> grpc.aio.Server:
+def _grpc_server(
+    config: ServerConfig, rpc_observer: RpcObserver, access: AccessInterceptor, *, shared_port: bool = False
+) -> grpc.aio.Server:
     """A grpc.aio server with our interceptors and limits, no services yet."""
     return grpc.aio.server(
         # Outermost first: refused calls are still logged and counted; DecodeInterceptor last, nearest the
@@ -355,8 +357,9 @@ def _grpc_server(config: ServerConfig, rpc_observer: RpcObserver, access: Access
         # (and the access interceptor's size checks run on the raw bytes before it decodes them).
         interceptors=[ObservabilityInterceptor(rpc_observer), access, DecodeInterceptor()],
         options=[
-            # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, see _shares_port.
-            ("grpc.so_reuseport", int(_shares_port(config))),
+            # gRPC shares ports by default (SO_REUSEPORT); we refuse a taken one, unless this is
+            # one of the --workers processes sharing it on purpose.
+            ("grpc.so_reuseport", int(shared_port)),
             # Images are megabytes; gRPC's default 4 MiB receive limit is too small.
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -367,8 +370,11 @@ def _grpc_server(config: ServerConfig, rpc_observer: RpcObserver, access: Access
     )
 
 
-async def serve(config: ServerConfig) -> signal.Signals:
-    """Run until SIGINT or SIGTERM, then shut down gracefully; returns the signal that stopped it."""
+async def serve(config: ServerConfig, *, shared_port: bool = False) -> signal.Signals:
+    """Run until SIGINT or SIGTERM, then shut down gracefully; returns the signal that stopped it.
+
+    ``shared_port`` as for :func:`run_server` (a ``--workers`` process).
+    """
     loop = asyncio.get_running_loop()
     stopped_by: asyncio.Future[signal.Signals] = loop.create_future()
 
@@ -378,7 +384,7 @@ async def serve(config: ServerConfig) -> signal.Signals:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig)
-    async with run_server(config) as running:
+    async with run_server(config, shared_port=shared_port) as running:
         received = await stopped_by
         log.info("%s: shutting down, %.1f s grace for in-flight calls", received.name, config.shutdown_grace)
         await running.shutdown()

@@ -3,7 +3,8 @@
 Exit codes: 0 after a graceful stop on SIGTERM, 130 after one on Ctrl-C
 (SIGINT), 2 for a bad flag or a refused flag combination (unusable TLS files),
 7 when the address cannot be bound (the port is taken, or the host is not this
-machine's). ``imagegen --help`` lists them all.
+machine's), 1 when one of ``--workers`` exited on its own. ``imagegen --help``
+lists them all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from imagegen_server.app import serve
 from imagegen_server.config import ConfigError, ServerConfig
 from imagegen_server.logs import log_handler
 from imagegen_server.ports import CannotListenError
+from imagegen_server.workers import supervise
 
 EXIT_OK = 0
 #: A flag or flag combination the server refuses (also argparse's code for a bad flag).
@@ -25,6 +27,8 @@ EXIT_USAGE = 2
 #: The port is taken or the address cannot be bound (the ``imagegen`` command documents the same number).
 EXIT_CANNOT_LISTEN = 7
 EXIT_INTERRUPTED = 130
+#: ``--workers``: a worker exited on its own (the others were stopped).
+EXIT_WORKER_FAILED = 1
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +38,13 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     handler = log_handler(config.log_format, sys.stderr, secrets=[config.api_key])
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
-        stopped_by = asyncio.run(serve(config))
+        if config.workers > 1:
+            supervised = supervise(config)
+            if supervised is None:
+                return EXIT_WORKER_FAILED
+            stopped_by = supervised
+        else:
+            stopped_by = asyncio.run(serve(config))
     except ConfigError as exc:
         print(f"imagegen serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -109,6 +109,9 @@ class ServerConfig:
     heartbeat_interval: float = 5.0
     #: Grace period for in-flight calls on shutdown.
     shutdown_grace: float = 10.0
+    #: Server processes sharing the port (``SO_REUSEPORT`` among them), each on
+    #: its own core; 1 is one process. See :mod:`imagegen_server.workers`.
+    workers: int = 1
     #: Interface of the metrics port: loopback unless told otherwise (metrics need no credentials).
     metrics_host: str = "127.0.0.1"
     #: Serve Prometheus metrics on this port (``GET /metrics``); None = off, 0 = a free port.
@@ -198,6 +201,8 @@ class ServerConfig:
             )
         if self.state_url is not None and not self.state_url.startswith(STATE_URL_SCHEMES):
             found.append("--state-url must be a redis://host:port/db URL (or rediss://, unix://)")
+        if self.workers < 1:
+            found.append("--workers must be 1 or more")
         if self.state_timeout <= 0:
             found.append("--state-timeout must be more than 0 seconds")
         if not self.insecure and not is_loopback(self.host):
@@ -565,5 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="include each request's prompt in its access log line (prompts are never logged otherwise)",
     )
     p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, help="grace for in-flight calls, seconds")
+    p.add_argument(
+        "--workers",
+        dest="workers",
+        type=int,
+        help="server processes sharing the port, one per core (needs an upstream; worker i serves "
+        "/metrics on --metrics-port + i)",
+    )
     p.epilog = _epilog(set(vars(p.parse_args([]))))
     return p
