@@ -23,6 +23,7 @@ from typing import Final, TextIO
 
 import orjson
 
+from imagegen_server.caller import current_caller
 from imagegen_server.quoting import escape_controls
 
 #: The text format (``--log-format text``): the generation id in brackets.
@@ -104,10 +105,13 @@ class ContextFilter(logging.Filter):
             record.generation_id = generation
         rpc = _RPC.get()
         if rpc is not None:
-            for name in ("method", "request_id", "trace_id", "span_id", "caller"):
+            for name in ("method", "request_id", "trace_id", "span_id"):
                 value = getattr(rpc, name)
                 if value and not hasattr(record, name):
                     setattr(record, name, value)
+            if not hasattr(record, "caller"):
+                # Bound by the access checks once the RPC is admitted (anonymous until then).
+                record.caller = escape_controls(current_caller().name)
         return True
 
 

@@ -82,6 +82,7 @@ async def test_serve_logs_json_lines_with_the_rpc_fields_and_no_prompt_or_key(em
     # The pipeline's own line about the same request carries the same ids.
     done = next(r for r in records if r["message"].startswith(f"generation {ok['generation_id']} done"))
     assert done["request_id"] == "log-1" and done["trace_id"] == TRACE_ID and done["method"] == GENERATE
+    assert done["caller"] == ok["caller"] == "anonymous"
     bad = next(r for r in access if r.get("code") == "INVALID_ARGUMENT")
     assert bad["method"] == GENERATE and "attempts" not in bad
     text = "".join(lines)
