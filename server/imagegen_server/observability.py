@@ -64,6 +64,14 @@ class Metrics(GenerationObserver):
             registry=self.registry,
         )
         self.in_flight = Gauge("imagegen_rpcs_in_flight", "RPCs being served.", ["method"], registry=self.registry)
+        self.overhead_seconds = Histogram(
+            "imagegen_gateway_overhead_seconds",
+            "What the gateway adds to a call that reached upstream, by method: its wall time minus the "
+            "time in upstream attempts and retry backoff (queueing for a slot and sending the answer included).",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
         self.upstream_attempts = Counter(
             "imagegen_upstream_attempts",
             "Upstream Gemini attempts by model and outcome (ok or the failure kind).",
@@ -185,12 +193,18 @@ class Metrics(GenerationObserver):
         """Observe the attempt's duration when its start was seen (inside an RPC)."""
         rpc = _OUTCOME.get()
         if rpc is not None and rpc.attempt_started_at is not None:
-            self.upstream_seconds.labels(model, outcome).observe(time.monotonic() - rpc.attempt_started_at)
+            took = time.monotonic() - rpc.attempt_started_at
+            self.upstream_seconds.labels(model, outcome).observe(took)
             rpc.attempt_started_at = None
+            rpc.upstream_seconds += took
+            rpc.upstream_attempts += 1
 
     def retry_waiting(self, model: str, attempt: int, delay: float) -> None:
         """Add the backoff about to be waited."""
         self.retry_wait_seconds.inc(delay)
+        rpc = _OUTCOME.get()
+        if rpc is not None:
+            rpc.backoff_seconds += delay
 
     def generation_done(self, model: str, attempts: int, elapsed: float) -> None:
         """Count a generation that got its image."""
@@ -350,6 +364,9 @@ class RpcObserver:
         context.caller = escape_controls(caller.name)
         self.metrics.rpcs.labels(context.method, code, caller.label).inc()
         self.metrics.rpc_seconds.labels(context.method).observe(elapsed)
+        if outcome.upstream_attempts:
+            gateway = elapsed - outcome.upstream_seconds - outcome.backoff_seconds
+            self.metrics.overhead_seconds.labels(context.method).observe(max(gateway, 0.0))
         if outcome.received:
             self.metrics.received_bytes.labels(context.method).inc(outcome.received)
         if outcome.sent:
@@ -387,7 +404,17 @@ def _text(metadata: Metadata | None) -> dict[str, str]:
 class RpcOutcome:
     """One observed RPC as its transport reports it: its request (once decoded) and how it ended."""
 
-    __slots__ = ("attempt_started_at", "code", "context", "received", "request", "sent")
+    __slots__ = (
+        "attempt_started_at",
+        "backoff_seconds",
+        "code",
+        "context",
+        "received",
+        "request",
+        "sent",
+        "upstream_attempts",
+        "upstream_seconds",
+    )
 
     def __init__(self, context: RpcLogContext, request: Any) -> None:
         self.context = context
@@ -399,6 +426,11 @@ class RpcOutcome:
         self.sent = 0
         #: When the upstream attempt in progress began (monotonic clock), for its duration.
         self.attempt_started_at: float | None = None
+        #: Upstream attempts timed so far, the seconds they took and the retry backoff between them:
+        #: the RPC's time minus these is what the gateway itself added (its overhead).
+        self.upstream_attempts = 0
+        self.upstream_seconds = 0.0
+        self.backoff_seconds = 0.0
 
 
 #: The RPC the current task serves (tasks it starts inherit the reference), for per-RPC measurements.
