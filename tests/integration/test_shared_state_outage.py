@@ -17,7 +17,7 @@ from imagegen_server.app import RunningServer
 from imagegen_server.emulator import Emulator
 from imagegen_server.sharedstate.connection import RETRY_INTERVAL
 from tests.conftest import ServerFactory
-from tests.redis_server import RedisServer
+from tests.redis_server import OPERATION_TIMEOUT, RedisServer
 
 Stub = pb_grpc.ImageGenerationServiceStub
 LOGGER = "imagegen_server.sharedstate.connection"
@@ -26,7 +26,8 @@ LOGGER = "imagegen_server.sharedstate.connection"
 async def _start(stack: AsyncExitStack, make_server: ServerFactory, url: str) -> tuple[list[RunningServer], list[Stub]]:
     servers, stubs = [], []
     for _ in range(2):
-        server = await stack.enter_async_context(make_server(state_url=url, state_timeout=0.3))
+        # The outage below is a stopped Redis (refused at once): the timeout only has to outlast a loaded machine.
+        server = await stack.enter_async_context(make_server(state_url=url, state_timeout=OPERATION_TIMEOUT))
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(server.target))
         servers.append(server)
         stubs.append(Stub(channel))

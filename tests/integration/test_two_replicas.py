@@ -26,7 +26,7 @@ from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.emulator import Emulator
 from tests.integration.status_helpers import details_of
-from tests.redis_server import RedisServer
+from tests.redis_server import OPERATION_TIMEOUT, RedisServer
 
 Stub = pb_grpc.ImageGenerationServiceStub
 FREE, LIMITED = "free-token", "limited-token"
@@ -108,6 +108,9 @@ async def replica(name: str, directory: Path, emulator: Emulator, redis: RedisSe
             emulator.base_url,
             "--state-url",
             redis.url,
+            # A Redis answer stalled by a loaded machine must not turn sharing into failing open.
+            "--state-timeout",
+            str(OPERATION_TIMEOUT),
             "--auth-tokens-file",
             str(_tokens_file(directory)),
             "--max-attempts",
