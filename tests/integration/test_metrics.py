@@ -65,7 +65,8 @@ async def test_upstream_latency_attempts_tokens_and_bytes(make_server: ServerFac
 
 
 async def test_queue_depth_counts_requests_waiting_for_a_slot(make_server: ServerFactory, emulator: Emulator) -> None:
-    slow = emulator.scenario("latency:1.5+ok")
+    # The first call to reach upstream holds the one slot for 1.5 s; the two queued behind it answer at once.
+    slow = emulator.scenario("latency:1.5+ok", "ok")
     async with (
         make_server(metrics_port=0, max_concurrency=1, queue_timeout=10.0) as server,
         grpc.aio.insecure_channel(server.target) as channel,
