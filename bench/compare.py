@@ -42,6 +42,7 @@ from bench import seed_client
 from bench.harness import PROMPT, SEED, percentile
 from bench.procs import Child, child, children, supported
 from bench.relay import MESSAGE_OPTIONS, MODEL
+from bench.workers import compare_workers
 from imagegen.v1 import image_generation_service_pb2 as pb
 from imagegen.v1 import image_generation_service_pb2_grpc as pb_grpc
 from imagegen_server.emulator import DEFAULT_API_KEY
@@ -82,6 +83,14 @@ class CompareConfig:
     cpu_size: str
     #: Each burst in fresh server processes (so heap kept from earlier work hides no growth).
     fresh_processes: bool = True
+    #: ``imagegen serve --workers N`` for each N here, at ``workers_concurrency`` over
+    #: ``workers_connections`` connections, ``workers_requests`` per run, ``workers_repeats`` runs.
+    workers: tuple[int, ...] = (1, 2)
+    workers_size: str = "1K"
+    workers_concurrency: int = 64
+    workers_connections: int = 8
+    workers_requests: int = 128
+    workers_repeats: int = 3
 
     @classmethod
     def full(cls) -> CompareConfig:
@@ -125,6 +134,11 @@ class CompareConfig:
             cpu_concurrency=4,
             cpu_size="512",
             fresh_processes=False,
+            workers_size="512",
+            workers_concurrency=4,
+            workers_connections=2,
+            workers_requests=4,
+            workers_repeats=1,
         )
 
     def requests_for(self, size: str, concurrency: int) -> int:
@@ -449,6 +463,8 @@ class Report:
     bursts: list[Burst] = field(default_factory=list)
     memory: list[Burst] = field(default_factory=list)
     render_ms: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: ``--workers N`` -> requests/s of each run.
+    workers: dict[int, list[float]] = field(default_factory=dict)
 
 
 async def render_times(profile: str, sizes: Sequence[str]) -> dict[str, tuple[float, int]]:
@@ -535,6 +551,18 @@ async def compare(config: CompareConfig, command: str) -> Report:
                 )
                 report.memory.append(b)
                 print(f"  {b.path}: {b.image_ratio:.2f}x image bytes per request", flush=True)
+        print(f"imagegen serve --workers {', '.join(map(str, config.workers))}", flush=True)
+        report.workers = await compare_workers(
+            url,
+            DEFAULT_API_KEY,
+            counts=config.workers,
+            size=config.workers_size,
+            concurrency=config.workers_concurrency,
+            requests=config.workers_requests,
+            repeats=config.workers_repeats,
+            connections=config.workers_connections,
+        )
+        print("  " + ", ".join(f"{n}: {statistics.median(r):.1f}/s" for n, r in report.workers.items()), flush=True)
     report.seconds = time.perf_counter() - started
     report.load_after = os.getloadavg()
     return report
@@ -752,6 +780,23 @@ def format_report(report: Report) -> str:
                 f"| {name} | {row['wall']:.2f} | {row['per_request'] / 2**20:.1f} MiB | {row['image_ratio']:.2f}x |"
                 f" {row['lag_max_ms']:.0f} | {_failures(report.memory, path)} |"
             )
+    if report.workers:
+        single = statistics.median(report.workers[min(report.workers)])
+        lines += [
+            "",
+            f"## `imagegen serve --workers N` at {c.workers_size}, concurrency {c.workers_concurrency}",
+            "",
+            f"The real command (`python -m imagegen_cli serve --workers N`), N processes sharing one port;"
+            f" {c.workers_requests} SDK calls per run over {c.workers_connections} connections (the kernel"
+            f" spreads connections, not calls, over the workers), {c.workers_repeats} runs alternating"
+            " between the servers, medians. The callers and the emulator share the same 2 cores.",
+            "",
+            "| workers | req/s | vs 1 worker | req/s per run |",
+            "|---|---|---|---|",
+        ]
+        for count, runs in report.workers.items():
+            rps = statistics.median(runs)
+            lines.append(f"| {count} | {_fmt(rps)} | {_ratio(rps, single)} | {' '.join(_fmt(r) for r in runs)} |")
     lines += ["", "## Issue 13's targets, against these figures", ""]
     one_k_16 = cells.get(("1K", 16))
     one_k_1 = cells.get(("1K", 1))
@@ -778,7 +823,12 @@ def format_report(report: Report) -> str:
             f"- {c.memory_burst} in flight at {c.memory_size}: {mg['image_ratio']:.2f}x image bytes per request"
             f" (target <= 2x, {_target(mg['image_ratio'] <= 2)})."
         )
-    lines.append("- `--workers 2` vs 1: not measured here yet (the server has no `--workers`).")
+    if 1 in report.workers and 2 in report.workers:
+        r = statistics.median(report.workers[2]) / statistics.median(report.workers[1])
+        lines.append(
+            f"- `--workers 2` vs 1 at concurrency {c.workers_concurrency}: {r:.2f}x the requests/s"
+            f" (target >= 1.6x, {_target(r >= 1.6)})."
+        )
     lines.append("")
     return "\n".join(lines)
 
