@@ -71,16 +71,21 @@ class KeyScrubber:
                 model=model,
             ) from None
 
-    def _clean(self, value: Any) -> Any:
+    def _clean(self, value: Any, searched: set[int] | None = None) -> Any:
+        # ``searched``: the bytes objects already searched. An answer's image is in its result
+        # and again in its model turn, and searching megabytes twice showed in profiles.
+        searched = set() if searched is None else searched
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, bytes):
-            if self._key_bytes in value:
-                raise _KeyInBytes
+            if id(value) not in searched:
+                if self._key_bytes in value:
+                    raise _KeyInBytes
+                searched.add(id(value))
             return value
         if isinstance(value, tuple):
-            return tuple(self._clean(item) for item in value)
+            return tuple(self._clean(item, searched) for item in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes = {f.name: self._clean(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            changes = {f.name: self._clean(getattr(value, f.name), searched) for f in dataclasses.fields(value)}
             return dataclasses.replace(value, **changes)
         return value
