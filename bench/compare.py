@@ -49,6 +49,8 @@ from imagegen_server.emulator import DEFAULT_API_KEY
 from imagegen_server.models import find_model
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+#: Where RESULTS.md's hand-kept section starts; a new run keeps it.
+HAND_KEPT = "## Before and after the payload-path work"
 PATHS = ("seed", "gateway", "relay")
 #: Sizes from small to large (for ordering).
 _SIZES = ("512", "1K", "2K", "4K")
@@ -845,7 +847,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = format_report(report)
     output = args.output or (None if args.smoke else RESULTS_PATH)
     if output is not None:
-        output.write_text(text)
+        # The hand-kept section at the end (the baseline next to these figures, the notes on the
+        # targets) survives a new run.
+        kept = output.read_text().partition(HAND_KEPT)[2] if output.exists() else ""
+        output.write_text(text + (f"\n{HAND_KEPT}{kept}" if kept else ""))
     print(text)
     print(
         f"\n{'smoke' if args.smoke else 'full'} comparison in {report.seconds:.0f} s"
