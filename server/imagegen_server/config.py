@@ -282,6 +282,11 @@ def env_name(name: str) -> str:
     return f"IMAGEGEN_{name.upper()}"
 
 
+def _comma_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated flag or variable value as a tuple, blanks dropped."""
+    return tuple(x.strip() for x in raw.split(",") if x.strip())
+
+
 def _coerce(name: str, raw: str) -> object:
     """Parse an environment value by the field's declared type (``int | None`` -> int)."""
     declared = {f.name: str(f.type) for f in fields(ServerConfig)}[name]
@@ -293,7 +298,7 @@ def _coerce(name: str, raw: str) -> object:
     if base == "float":
         return float(raw)
     if base.startswith("tuple"):
-        return tuple(x.strip() for x in raw.split(",") if x.strip())
+        return _comma_list(raw)
     return raw
 
 
@@ -373,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allowed-models",
         dest="allowed_models",
-        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        type=_comma_list,
         help="comma-separated allow-list of models",
     )
     p.add_argument(
@@ -429,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fallback-models",
         dest="fallback_models",
-        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        type=_comma_list,
         metavar="MODEL=FALLBACK,...",
         help="serve an overloaded model's requests with another, e.g. gemini-3-pro-image=gemini-3.1-flash-image; "
         "several pairs for one model give its fallbacks in order",
@@ -496,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cors-origins",
         dest="cors_origins",
-        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        type=_comma_list,
         help="comma-separated origins browsers may call the REST port from, or *",
     )
     p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve TLS with this certificate chain")
@@ -523,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auth-open-methods",
         dest="auth_open_methods",
-        type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
+        type=_comma_list,
         help="comma-separated method globs callable without credentials",
     )
     p.add_argument(
